@@ -1,0 +1,211 @@
+//! Starting the next generation, and being started as one.
+//!
+//! The old supervisor forks; the child clears close-on-exec on exactly the
+//! descriptors the new generation must inherit (listening sockets, its end
+//! of the handover channel, the pid-file lock), names them in `HOST_INHERIT_*`
+//! variables, and execs the host binary resolved at start-up with the
+//! original arguments. The new host takes those variables out of its
+//! environment first thing, so no process it starts ever sees them.
+
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
+use std::path::Path;
+use std::time::Instant;
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::unistd::{execve, fork, setpgid, ForkResult, Pid};
+
+use crate::channel::{Channel, Message};
+use crate::error::Error;
+use crate::signals;
+
+const GENERATION: &str = "HOST_INHERIT_GENERATION";
+const LISTEN_FDS: &str = "HOST_INHERIT_LISTEN_FDS";
+const HANDOVER_FD: &str = "HOST_INHERIT_HANDOVER_FD";
+const PIDFILE_FD: &str = "HOST_INHERIT_PIDFILE_FD";
+const PREDECESSOR: &str = "HOST_INHERIT_PREDECESSOR";
+const ALL: [&str; 5] = [GENERATION, LISTEN_FDS, HANDOVER_FD, PIDFILE_FD, PREDECESSOR];
+
+/// The `HOST_INHERIT_*` variables as found at start, before validation.
+#[derive(Debug, Default)]
+pub struct InheritedEnv(Vec<(&'static str, OsString)>);
+
+/// Removes the `HOST_INHERIT_*` variables from this process's environment
+/// and returns them; `None` for a host the user started.
+///
+/// Call first thing in `main`, while the process has one thread.
+pub fn take_inherited_env() -> Option<InheritedEnv> {
+    let mut found = InheritedEnv::default();
+    for name in ALL {
+        if let Some(value) = std::env::var_os(name) {
+            // Only `main`'s thread exists yet, so nothing can read the
+            // environment concurrently.
+            std::env::remove_var(name);
+            found.0.push((name, value));
+        }
+    }
+    (!found.0.is_empty()).then_some(found)
+}
+
+/// What a new generation inherits from the one it replaces.
+pub struct Inherited {
+    pub generation: u64,
+    pub listeners: Vec<OwnedFd>,
+    pub pid_file: Option<OwnedFd>,
+    pub predecessor: Predecessor,
+}
+
+/// The generation being replaced, as seen by its successor.
+pub struct Predecessor {
+    pub pid: Pid,
+    pub channel: Channel,
+}
+
+impl Inherited {
+    /// Validates the variables and takes ownership of the descriptors they
+    /// name, marking each close-on-exec again.
+    pub fn adopt(env: InheritedEnv) -> Result<Inherited, Error> {
+        let get = |name: &str| -> Result<String, Error> {
+            let value = env.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
+            let value = value.ok_or_else(|| Error::Inherit(format!("{name} is missing")))?;
+            value.into_string().map_err(|_| Error::Inherit(format!("{name} is not text")))
+        };
+        let number = |name: &str, text: &str| -> Result<i64, Error> {
+            text.parse().map_err(|_| Error::Inherit(format!("{name}={text} is not a number")))
+        };
+        // The handover channel first: if anything below fails, the old
+        // generation should hear why.
+        let handover = Channel::from_fd(adopt_fd(HANDOVER_FD, number(HANDOVER_FD, &get(HANDOVER_FD)?)?)?);
+        let result = (|| -> Result<_, Error> {
+            let generation = number(GENERATION, &get(GENERATION)?)?;
+            let predecessor = number(PREDECESSOR, &get(PREDECESSOR)?)?;
+            let listen = get(LISTEN_FDS)?;
+            let listeners = listen
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|fd| adopt_fd(LISTEN_FDS, number(LISTEN_FDS, fd)?))
+                .collect::<Result<Vec<_>, _>>()?;
+            let pid_file = match get(PIDFILE_FD) {
+                Ok(fd) => Some(adopt_fd(PIDFILE_FD, number(PIDFILE_FD, &fd)?)?),
+                Err(_) => None,
+            };
+            Ok((generation, predecessor, listeners, pid_file))
+        })();
+        match result {
+            Ok((generation, predecessor, listeners, pid_file)) => Ok(Inherited {
+                generation: generation as u64,
+                listeners,
+                pid_file,
+                predecessor: Predecessor { pid: Pid::from_raw(predecessor as i32), channel: handover },
+            }),
+            Err(e) => {
+                let _ = handover.send(&Message::Failed(e.to_string()));
+                Err(e)
+            }
+        }
+    }
+}
+
+fn adopt_fd(name: &str, fd: i64) -> Result<OwnedFd, Error> {
+    let bad = |why: String| Error::Inherit(format!("{name}: descriptor {fd} {why}"));
+    let raw = RawFd::try_from(fd).ok().filter(|fd| *fd > 2).ok_or_else(|| bad("is out of range".into()))?;
+    // SAFETY: F_GETFD only reads the descriptor's flags; any number is safe
+    // to ask about.
+    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        return Err(bad(format!("is not open: {}", io::Error::last_os_error())));
+    }
+    // SAFETY: the previous generation opened this descriptor for us and
+    // named it in a variable we have removed, so nothing else in this
+    // process knows it or will close it.
+    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+    fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| bad(format!("cannot be marked close-on-exec: {e}")))?;
+    Ok(owned)
+}
+
+/// A new generation started by this one, not yet in charge.
+pub struct Successor {
+    pub pid: Pid,
+    pub generation: u64,
+    pub channel: Channel,
+    pub started: Instant,
+}
+
+/// What the next generation inherits, gathered by the supervisor.
+pub struct Handoff<'a> {
+    pub exe: &'a Path,
+    pub args: &'a [OsString],
+    pub generation: u64,
+    pub listener_fds: Vec<RawFd>,
+    pub pid_file_fd: Option<RawFd>,
+}
+
+/// Forks and execs the next generation. It runs in its own process group,
+/// so the whole generation can be killed at once if it fails to take over.
+/// A failed exec is reported over the handover channel; this generation
+/// keeps serving regardless.
+pub fn spawn(handoff: &Handoff<'_>) -> Result<Successor, Error> {
+    let (ours, theirs) = Channel::pair().map_err(Error::os("cannot create the handover channel"))?;
+    let generation = handoff.generation;
+    let listen = handoff.listener_fds.iter().map(|fd| fd.to_string()).collect::<Vec<_>>().join(",");
+    let mut vars = vec![
+        (GENERATION, generation.to_string()),
+        (LISTEN_FDS, listen),
+        (HANDOVER_FD, theirs.as_raw_fd().to_string()),
+        (PREDECESSOR, std::process::id().to_string()),
+    ];
+    if let Some(fd) = handoff.pid_file_fd {
+        vars.push((PIDFILE_FD, fd.to_string()));
+    }
+    // Everything exec needs is built before fork.
+    let cstring = |bytes: Vec<u8>| CString::new(bytes).map_err(|_| Error::Inherit("an argument contains a NUL byte".into()));
+    let path = cstring(handoff.exe.as_os_str().to_owned().into_vec())?;
+    let argv = handoff.args.iter().map(|a| cstring(a.clone().into_vec())).collect::<Result<Vec<_>, _>>()?;
+    let mut env = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend(v.into_vec());
+            cstring(kv)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for (k, v) in &vars {
+        env.push(cstring(format!("{k}={v}").into_bytes())?);
+    }
+    let mut inherit = handoff.listener_fds.clone();
+    inherit.push(theirs.as_raw_fd());
+    inherit.extend(handoff.pid_file_fd);
+
+    let mask = signals::block_all().map_err(Error::os("cannot block signals"))?;
+    // SAFETY: the supervisor is single-threaded, so the child is a faithful
+    // copy with no lock held by a vanished thread; it only adjusts
+    // descriptors and execs (or reports the failure and exits).
+    let forked = unsafe { fork() };
+    match forked {
+        Ok(ForkResult::Child) => {
+            let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
+            for fd in &inherit {
+                // SAFETY: these descriptors are open (the parent holds them)
+                // and clearing FD_CLOEXEC changes nothing else about them.
+                unsafe { libc::fcntl(*fd, libc::F_SETFD, 0) };
+            }
+            let _ = signals::restore(&mask);
+            let err = execve(&path, &argv, &env).unwrap_err();
+            let _ = theirs.send(&Message::Failed(format!("cannot exec {}: {err}", handoff.exe.display())));
+            // SAFETY: _exit skips the parent's atexit handlers and buffers,
+            // which this copy must not run.
+            unsafe { libc::_exit(127) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            // Also set here, so that a kill of the group can't race the child.
+            let _ = setpgid(child, child);
+            let _ = signals::restore(&mask);
+            Ok(Successor { pid: child, generation, channel: ours, started: Instant::now() })
+        }
+        Err(e) => {
+            let _ = signals::restore(&mask);
+            Err(Error::Os { what: "cannot fork the new generation", source: e.into() })
+        }
+    }
+}
