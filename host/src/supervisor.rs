@@ -261,7 +261,10 @@ impl Supervisor {
                 let Phase::Stopping { result, .. } = std::mem::replace(&mut self.phase, Phase::Serving) else {
                     unreachable!("checked just above")
                 };
-                tracing::info!("all workers gone: exiting");
+                match &result {
+                    Ok(()) => tracing::info!("all workers gone: exiting"),
+                    Err(_) => tracing::debug!("all workers gone: exiting"),
+                }
                 return result;
             }
             self.wait_and_dispatch();

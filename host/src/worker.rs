@@ -158,8 +158,19 @@ fn describe_load_error(err: &LibraryError, snapshot: &Snapshot) -> String {
         LibraryError::IncompatibleVersionNumber { actual_version, .. } => format!(
             "plugin {source}: was built against plugin-api {actual_version}, incompatible with this host's {API_VERSION}; {rebuild}"
         ),
-        LibraryError::AbiInstability(_) | LibraryError::InvalidAbiHeader(_) | LibraryError::InvalidCAbi { .. } => {
-            format!("plugin {source}: was built against an incompatible plugin-api (its ABI differs from this host's); {rebuild}")
+        LibraryError::AbiInstability(_) => {
+            // abi_stable checks the layout before the version: ask the
+            // library which version it was built with, to name it.
+            match abi_stable::library::lib_header_from_path(&snapshot.load_path()) {
+                Ok(header) => format!(
+                    "plugin {source}: was built against plugin-api {}, incompatible with this host's {API_VERSION} (their types differ); {rebuild}",
+                    header.version_strings()
+                ),
+                Err(_) => format!("plugin {source}: was built against an incompatible plugin-api (its types differ from this host's); {rebuild}"),
+            }
+        }
+        LibraryError::InvalidAbiHeader(_) | LibraryError::InvalidCAbi { .. } => {
+            format!("plugin {source}: was built with an incompatible abi_stable; {rebuild}")
         }
         LibraryError::RootModule { err, .. } => format!("plugin {source}: its root module failed: {err}"),
         LibraryError::ParseVersionError(e) => format!("plugin {source}: has an unreadable plugin-api version: {e}"),
