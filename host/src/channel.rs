@@ -47,7 +47,12 @@ pub struct Channel(OwnedFd);
 impl Channel {
     /// A connected pair, both ends close-on-exec.
     pub fn pair() -> io::Result<(Channel, Channel)> {
-        let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
         Ok((Channel(a), Channel(b)))
     }
 
@@ -109,7 +114,9 @@ impl Channel {
             return Ok(Received::Closed);
         }
         let message = match (buf[0], &buf[1..n]) {
-            (b'L', [flag]) => Message::Loaded { can_hot_reload: *flag != 0 },
+            (b'L', [flag]) => Message::Loaded {
+                can_hot_reload: *flag != 0,
+            },
             (b'R', []) => Message::Ready,
             (b'G', []) => Message::Go,
             (b'S', []) => Message::Stop,
@@ -118,7 +125,10 @@ impl Channel {
             (tag, rest) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("unknown channel message: tag {tag:#04x}, {} bytes", rest.len()),
+                    format!(
+                        "unknown channel message: tag {tag:#04x}, {} bytes",
+                        rest.len()
+                    ),
                 ))
             }
         };
@@ -146,8 +156,12 @@ mod tests {
     fn every_message_round_trips() {
         let (a, b) = Channel::pair().unwrap();
         let all = [
-            Message::Loaded { can_hot_reload: true },
-            Message::Loaded { can_hot_reload: false },
+            Message::Loaded {
+                can_hot_reload: true,
+            },
+            Message::Loaded {
+                can_hot_reload: false,
+            },
             Message::Ready,
             Message::Go,
             Message::Stop,
@@ -167,7 +181,9 @@ mod tests {
     fn long_reasons_are_cut_on_a_char_boundary() {
         let (a, b) = Channel::pair().unwrap();
         a.send(&Message::Failed("é".repeat(MAX_TEXT))).unwrap();
-        let Received::Message(Message::Failed(text)) = b.recv().unwrap() else { panic!("no Failed") };
+        let Received::Message(Message::Failed(text)) = b.recv().unwrap() else {
+            panic!("no Failed")
+        };
         assert!(text.len() <= MAX_TEXT && text.chars().all(|c| c == 'é'));
     }
 }

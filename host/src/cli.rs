@@ -13,7 +13,12 @@ use clap::{Args, Parser, Subcommand};
 /// hot-reloads (a new host generation with a fresh copy of the plugin takes
 /// over); SIGQUIT is how a new generation tells the old one to step aside.
 #[derive(Debug, Parser)]
-#[command(name = "host", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    name = "host",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -103,6 +108,7 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    s.parse()
-        .map_err(|_| format!("'{s}' is not an IP:PORT address (use e.g. 127.0.0.1:8080 or [::1]:0)"))
+    s.parse().map_err(|_| {
+        format!("'{s}' is not an IP:PORT address (use e.g. 127.0.0.1:8080 or [::1]:0)")
+    })
 }

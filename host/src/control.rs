@@ -39,20 +39,35 @@ fn running_pid(pid_file: &Path) -> Result<u32, Error> {
 }
 
 fn signal(pid: u32, sig: Signal) -> Result<(), Error> {
-    let target = i32::try_from(pid).map_err(|_| Error::Control(format!("pid {pid} is out of range")))?;
-    kill(Pid::from_raw(target), sig).map_err(|e| Error::Control(format!("cannot send {sig} to pid {pid}: {e}")))
+    let target =
+        i32::try_from(pid).map_err(|_| Error::Control(format!("pid {pid} is out of range")))?;
+    kill(Pid::from_raw(target), sig)
+        .map_err(|e| Error::Control(format!("cannot send {sig} to pid {pid}: {e}")))
 }
 
 fn reload(pid_file: &Path, timeout: Duration) -> Result<(), Error> {
     let old = running_pid(pid_file)?;
     let status_path = status::path_for(pid_file);
-    let before = status::read(&status_path).filter(|s| s.pid == old).ok_or_else(|| {
-        Error::Control(format!("{}: missing or not written by pid {old}", status_path.display()))
-    })?;
+    let before = status::read(&status_path)
+        .filter(|s| s.pid == old)
+        .ok_or_else(|| {
+            Error::Control(format!(
+                "{}: missing or not written by pid {old}",
+                status_path.display()
+            ))
+        })?;
     match before.state {
         State::Serving => {}
-        State::Reloading => return Err(Error::Control(format!("pid {old} is already reloading; wait for it"))),
-        other => return Err(Error::Control(format!("pid {old} cannot reload now: it is {other:?}").to_lowercase())),
+        State::Reloading => {
+            return Err(Error::Control(format!(
+                "pid {old} is already reloading; wait for it"
+            )))
+        }
+        other => {
+            return Err(Error::Control(
+                format!("pid {old} cannot reload now: it is {other:?}").to_lowercase(),
+            ))
+        }
     }
     signal(old, Signal::SIGUSR2)?;
     let deadline = Instant::now() + timeout;
@@ -61,22 +76,32 @@ fn reload(pid_file: &Path, timeout: Duration) -> Result<(), Error> {
         match pidfile::holder(pid_file) {
             Ok(Holder::Running(Some(pid))) if pid != old => {
                 if let Some(now) = status::read(&status_path).filter(|s| s.pid == pid) {
-                    println!("reloaded: generation {} is serving as pid {pid} (was pid {old})", now.generation);
+                    println!(
+                        "reloaded: generation {} is serving as pid {pid} (was pid {old})",
+                        now.generation
+                    );
                     return Ok(());
                 }
             }
             Ok(Holder::NotRunning) => {
-                return Err(Error::Control(format!("the host (pid {old}) exited during the reload")));
+                return Err(Error::Control(format!(
+                    "the host (pid {old}) exited during the reload"
+                )));
             }
             _ => {}
         }
         if let Some(now) = status::read(&status_path).filter(|s| s.pid == old) {
-            if now.reloads > before.reloads && now.state != State::Reloading && now.last_reload != "ok" {
+            if now.reloads > before.reloads
+                && now.state != State::Reloading
+                && now.last_reload != "ok"
+            {
                 return Err(Error::Control(format!("reload {}", now.last_reload)));
             }
         }
     }
-    Err(Error::Control(format!("no outcome from pid {old} within {timeout:?}; see its log")))
+    Err(Error::Control(format!(
+        "no outcome from pid {old} within {timeout:?}; see its log"
+    )))
 }
 
 fn show_status(pid_file: &Path) -> Result<(), Error> {
@@ -85,9 +110,20 @@ fn show_status(pid_file: &Path) -> Result<(), Error> {
     match status {
         Some(s) => {
             let state = format!("{:?}", s.state).to_lowercase();
-            let listen = if s.listen.is_empty() { String::new() } else { format!(", listening on {}", s.listen.join(" ")) };
-            let last = if s.last_reload.is_empty() { String::new() } else { format!(", last reload: {}", s.last_reload) };
-            println!("running: pid {pid}, generation {}, {state}{listen}{last}", s.generation);
+            let listen = if s.listen.is_empty() {
+                String::new()
+            } else {
+                format!(", listening on {}", s.listen.join(" "))
+            };
+            let last = if s.last_reload.is_empty() {
+                String::new()
+            } else {
+                format!(", last reload: {}", s.last_reload)
+            };
+            println!(
+                "running: pid {pid}, generation {}, {state}{listen}{last}",
+                s.generation
+            );
         }
         None => println!("running: pid {pid}"),
     }
@@ -105,5 +141,7 @@ fn stop(pid_file: &Path, timeout: Duration) -> Result<(), Error> {
         }
         std::thread::sleep(POLL);
     }
-    Err(Error::Control(format!("pid {pid} still runs {timeout:?} after SIGTERM; see its log")))
+    Err(Error::Control(format!(
+        "pid {pid} still runs {timeout:?} after SIGTERM; see its log"
+    )))
 }

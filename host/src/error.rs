@@ -17,16 +17,27 @@ pub enum Error {
     AlreadyRunning { path: PathBuf, pid: String },
 
     #[error("pid file {}: {action}: {source}", path.display())]
-    PidFile { path: PathBuf, action: &'static str, source: io::Error },
+    PidFile {
+        path: PathBuf,
+        action: &'static str,
+        source: io::Error,
+    },
 
     #[error("--listen {addr}: {source}{hint}")]
-    Listen { addr: SocketAddr, source: io::Error, hint: &'static str },
+    Listen {
+        addr: SocketAddr,
+        source: io::Error,
+        hint: &'static str,
+    },
 
     #[error("cannot take over from the previous generation: {0}")]
     Inherit(String),
 
     #[error("{what}: {source}")]
-    Os { what: &'static str, source: io::Error },
+    Os {
+        what: &'static str,
+        source: io::Error,
+    },
 
     /// A control command's failure, already worded for the user.
     #[error("{0}")]
@@ -35,18 +46,29 @@ pub enum Error {
 
 impl Error {
     pub fn plugin(path: &Path, problem: impl Into<String>) -> Error {
-        Error::Plugin { path: path.to_owned(), problem: problem.into() }
+        Error::Plugin {
+            path: path.to_owned(),
+            problem: problem.into(),
+        }
     }
 
     pub fn pid_file(path: &Path, action: &'static str, source: io::Error) -> Error {
-        Error::PidFile { path: path.to_owned(), action, source }
+        Error::PidFile {
+            path: path.to_owned(),
+            action,
+            source,
+        }
     }
 
     pub fn listen(addr: SocketAddr, source: io::Error) -> Error {
         let hint = match source.kind() {
-            io::ErrorKind::AddrInUse => " (another process listens there: stop it or choose another port)",
+            io::ErrorKind::AddrInUse => {
+                " (another process listens there: stop it or choose another port)"
+            }
             io::ErrorKind::AddrNotAvailable => " (no interface of this machine has that address)",
-            io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges: choose a higher port)",
+            io::ErrorKind::PermissionDenied => {
+                " (ports below 1024 need privileges: choose a higher port)"
+            }
             _ => "",
         };
         Error::Listen { addr, source, hint }

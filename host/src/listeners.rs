@@ -23,7 +23,9 @@ impl Listeners {
         let mut listeners = Vec::with_capacity(addrs.len());
         for addr in addrs {
             let listener = TcpListener::bind(addr).map_err(|e| Error::listen(*addr, e))?;
-            listener.set_nonblocking(true).map_err(|e| Error::listen(*addr, e))?;
+            listener
+                .set_nonblocking(true)
+                .map_err(|e| Error::listen(*addr, e))?;
             listeners.push(listener);
         }
         Ok(Listeners(listeners))
@@ -34,7 +36,9 @@ impl Listeners {
     pub fn inherit(fds: Vec<OwnedFd>) -> Result<Listeners, Error> {
         fds.into_iter()
             .map(|fd| {
-                validate(&fd).map_err(|e| Error::Inherit(format!("listening socket fd {}: {e}", fd.as_raw_fd())))?;
+                validate(&fd).map_err(|e| {
+                    Error::Inherit(format!("listening socket fd {}: {e}", fd.as_raw_fd()))
+                })?;
                 Ok(TcpListener::from(fd))
             })
             .collect::<Result<_, _>>()
@@ -49,7 +53,10 @@ impl Listeners {
     pub fn local_addrs(&self) -> Vec<String> {
         self.0
             .iter()
-            .map(|l| l.local_addr().map_or_else(|e| format!("unknown ({e})"), |a| a.to_string()))
+            .map(|l| {
+                l.local_addr()
+                    .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
+            })
             .collect()
     }
 
@@ -64,7 +71,10 @@ fn validate(fd: &OwnedFd) -> io::Result<()> {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a socket"));
     }
     if getsockopt(fd, sockopt::SockType)? != SockType::Stream {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a stream socket"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a stream socket",
+        ));
     }
     if !getsockopt(fd, sockopt::AcceptConn)? {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not listening"));

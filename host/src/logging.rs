@@ -67,14 +67,24 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         SystemTime.format_time(&mut writer)?;
         let pid = std::process::id();
         let generation = GENERATION.load(Ordering::Relaxed);
         let level = event.metadata().level();
         match ROLE.load(Ordering::Relaxed) {
-            r if r == Role::Supervisor as u8 => write!(writer, " {level:>5} supervisor[gen={generation} pid={pid}]: ")?,
-            r if r == Role::Worker as u8 => write!(writer, " {level:>5} worker[gen={generation} pid={pid}]: ")?,
+            r if r == Role::Supervisor as u8 => write!(
+                writer,
+                " {level:>5} supervisor[gen={generation} pid={pid}]: "
+            )?,
+            r if r == Role::Worker as u8 => {
+                write!(writer, " {level:>5} worker[gen={generation} pid={pid}]: ")?
+            }
             _ => write!(writer, " {level:>5} host[pid={pid}]: ")?,
         }
         ctx.format_fields(writer.by_ref(), event)?;

@@ -28,7 +28,8 @@ fn main() -> ExitCode {
     logging::init();
     let result = match cli.command {
         Some(command) => control::run(command),
-        None => supervisor::Config::from_args(cli.run).and_then(|config| supervisor::run(config, inherited)),
+        None => supervisor::Config::from_args(cli.run)
+            .and_then(|config| supervisor::run(config, inherited)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

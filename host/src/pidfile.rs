@@ -32,8 +32,17 @@ impl PidFile {
             .mode(0o644)
             .open(path)
             .map_err(|e| Error::pid_file(path, "cannot open", e))?;
-        if !file.metadata().map_err(|e| Error::pid_file(path, "cannot stat", e))?.file_type().is_file() {
-            return Err(Error::pid_file(path, "is not a regular file", io::ErrorKind::InvalidInput.into()));
+        if !file
+            .metadata()
+            .map_err(|e| Error::pid_file(path, "cannot stat", e))?
+            .file_type()
+            .is_file()
+        {
+            return Err(Error::pid_file(
+                path,
+                "is not a regular file",
+                io::ErrorKind::InvalidInput.into(),
+            ));
         }
         lock(&file).map_err(|e| match e.kind() {
             io::ErrorKind::WouldBlock => Error::AlreadyRunning {
@@ -42,8 +51,13 @@ impl PidFile {
             },
             _ => Error::pid_file(path, "cannot lock", e),
         })?;
-        let pid_file = PidFile { path: path.to_owned(), file };
-        pid_file.write_pid().map_err(|e| Error::pid_file(path, "cannot write", e))?;
+        let pid_file = PidFile {
+            path: path.to_owned(),
+            file,
+        };
+        pid_file
+            .write_pid()
+            .map_err(|e| Error::pid_file(path, "cannot write", e))?;
         Ok(pid_file)
     }
 
@@ -51,18 +65,29 @@ impl PidFile {
     /// which already holds the lock. Call [`PidFile::take_over`] to claim it.
     pub fn inherit(path: &Path, fd: OwnedFd) -> Result<PidFile, Error> {
         let file = File::from(fd);
-        let meta = file.metadata().map_err(|e| Error::pid_file(path, "inherited descriptor", e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::pid_file(path, "inherited descriptor", e))?;
         if !meta.file_type().is_file() {
-            return Err(Error::pid_file(path, "inherited descriptor is not a file", io::ErrorKind::InvalidInput.into()));
+            return Err(Error::pid_file(
+                path,
+                "inherited descriptor is not a file",
+                io::ErrorKind::InvalidInput.into(),
+            ));
         }
-        Ok(PidFile { path: path.to_owned(), file })
+        Ok(PidFile {
+            path: path.to_owned(),
+            file,
+        })
     }
 
     /// Re-asserts the lock on the shared descriptor (it cannot fail while any
     /// generation still holds it) and writes our pid.
     pub fn take_over(&self) -> Result<(), Error> {
-        lock(&self.file).map_err(|e| Error::pid_file(&self.path, "cannot lock the inherited pid file", e))?;
-        self.write_pid().map_err(|e| Error::pid_file(&self.path, "cannot write", e))
+        lock(&self.file)
+            .map_err(|e| Error::pid_file(&self.path, "cannot lock the inherited pid file", e))?;
+        self.write_pid()
+            .map_err(|e| Error::pid_file(&self.path, "cannot write", e))
     }
 
     pub fn path(&self) -> &Path {
@@ -121,7 +146,11 @@ pub fn holder(path: &Path) -> io::Result<Holder> {
         Err(e) => return Err(e),
     };
     let file = probe.into_inner();
-    Ok(if locked { Holder::Running(read_pid_from(&file)) } else { Holder::NotRunning })
+    Ok(if locked {
+        Holder::Running(read_pid_from(&file))
+    } else {
+        Holder::NotRunning
+    })
 }
 
 #[cfg(test)]
@@ -133,9 +162,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.pid");
         let first = PidFile::acquire(&path).unwrap();
-        assert_eq!(holder(&path).unwrap(), Holder::Running(Some(std::process::id())));
+        assert_eq!(
+            holder(&path).unwrap(),
+            Holder::Running(Some(std::process::id()))
+        );
         match PidFile::acquire(&path) {
-            Err(Error::AlreadyRunning { pid, .. }) => assert_eq!(pid, std::process::id().to_string()),
+            Err(Error::AlreadyRunning { pid, .. }) => {
+                assert_eq!(pid, std::process::id().to_string())
+            }
             other => panic!("expected AlreadyRunning, got {:?}", other.map(|_| ())),
         }
         drop(first);

@@ -68,16 +68,26 @@ impl Inherited {
     /// name, marking each close-on-exec again.
     pub fn adopt(env: InheritedEnv) -> Result<Inherited, Error> {
         let get = |name: &str| -> Result<String, Error> {
-            let value = env.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
+            let value = env
+                .0
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone());
             let value = value.ok_or_else(|| Error::Inherit(format!("{name} is missing")))?;
-            value.into_string().map_err(|_| Error::Inherit(format!("{name} is not text")))
+            value
+                .into_string()
+                .map_err(|_| Error::Inherit(format!("{name} is not text")))
         };
         let number = |name: &str, text: &str| -> Result<i64, Error> {
-            text.parse().map_err(|_| Error::Inherit(format!("{name}={text} is not a number")))
+            text.parse()
+                .map_err(|_| Error::Inherit(format!("{name}={text} is not a number")))
         };
         // The handover channel first: if anything below fails, the old
         // generation should hear why.
-        let handover = Channel::from_fd(adopt_fd(HANDOVER_FD, number(HANDOVER_FD, &get(HANDOVER_FD)?)?)?);
+        let handover = Channel::from_fd(adopt_fd(
+            HANDOVER_FD,
+            number(HANDOVER_FD, &get(HANDOVER_FD)?)?,
+        )?);
         let result = (|| -> Result<_, Error> {
             let generation = number(GENERATION, &get(GENERATION)?)?;
             let predecessor = number(PREDECESSOR, &get(PREDECESSOR)?)?;
@@ -98,7 +108,10 @@ impl Inherited {
                 generation: generation as u64,
                 listeners,
                 pid_file,
-                predecessor: Predecessor { pid: Pid::from_raw(predecessor as i32), channel: handover },
+                predecessor: Predecessor {
+                    pid: Pid::from_raw(predecessor as i32),
+                    channel: handover,
+                },
             }),
             Err(e) => {
                 let _ = handover.send(&Message::Failed(e.to_string()));
@@ -110,7 +123,10 @@ impl Inherited {
 
 fn adopt_fd(name: &str, fd: i64) -> Result<OwnedFd, Error> {
     let bad = |why: String| Error::Inherit(format!("{name}: descriptor {fd} {why}"));
-    let raw = RawFd::try_from(fd).ok().filter(|fd| *fd > 2).ok_or_else(|| bad("is out of range".into()))?;
+    let raw = RawFd::try_from(fd)
+        .ok()
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| bad("is out of range".into()))?;
     // SAFETY: F_GETFD only reads the descriptor's flags; any number is safe
     // to ask about.
     if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
@@ -120,7 +136,8 @@ fn adopt_fd(name: &str, fd: i64) -> Result<OwnedFd, Error> {
     // named it in a variable we have removed, so nothing else in this
     // process knows it or will close it.
     let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-    fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| bad(format!("cannot be marked close-on-exec: {e}")))?;
+    fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .map_err(|e| bad(format!("cannot be marked close-on-exec: {e}")))?;
     Ok(owned)
 }
 
@@ -146,9 +163,15 @@ pub struct Handoff<'a> {
 /// A failed exec is reported over the handover channel; this generation
 /// keeps serving regardless.
 pub fn spawn(handoff: &Handoff<'_>) -> Result<Successor, Error> {
-    let (ours, theirs) = Channel::pair().map_err(Error::os("cannot create the handover channel"))?;
+    let (ours, theirs) =
+        Channel::pair().map_err(Error::os("cannot create the handover channel"))?;
     let generation = handoff.generation;
-    let listen = handoff.listener_fds.iter().map(|fd| fd.to_string()).collect::<Vec<_>>().join(",");
+    let listen = handoff
+        .listener_fds
+        .iter()
+        .map(|fd| fd.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let mut vars = vec![
         (GENERATION, generation.to_string()),
         (LISTEN_FDS, listen),
@@ -159,9 +182,15 @@ pub fn spawn(handoff: &Handoff<'_>) -> Result<Successor, Error> {
         vars.push((PIDFILE_FD, fd.to_string()));
     }
     // Everything exec needs is built before fork.
-    let cstring = |bytes: Vec<u8>| CString::new(bytes).map_err(|_| Error::Inherit("an argument contains a NUL byte".into()));
+    let cstring = |bytes: Vec<u8>| {
+        CString::new(bytes).map_err(|_| Error::Inherit("an argument contains a NUL byte".into()))
+    };
     let path = cstring(handoff.exe.as_os_str().to_owned().into_vec())?;
-    let argv = handoff.args.iter().map(|a| cstring(a.clone().into_vec())).collect::<Result<Vec<_>, _>>()?;
+    let argv = handoff
+        .args
+        .iter()
+        .map(|a| cstring(a.clone().into_vec()))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut env = std::env::vars_os()
         .map(|(k, v)| {
             let mut kv = k.into_vec();
@@ -192,7 +221,10 @@ pub fn spawn(handoff: &Handoff<'_>) -> Result<Successor, Error> {
             }
             let _ = signals::restore(&mask);
             let err = execve(&path, &argv, &env).unwrap_err();
-            let _ = theirs.send(&Message::Failed(format!("cannot exec {}: {err}", handoff.exe.display())));
+            let _ = theirs.send(&Message::Failed(format!(
+                "cannot exec {}: {err}",
+                handoff.exe.display()
+            )));
             // SAFETY: _exit skips the parent's atexit handlers and buffers,
             // which this copy must not run.
             unsafe { libc::_exit(127) }
@@ -201,11 +233,19 @@ pub fn spawn(handoff: &Handoff<'_>) -> Result<Successor, Error> {
             // Also set here, so that a kill of the group can't race the child.
             let _ = setpgid(child, child);
             let _ = signals::restore(&mask);
-            Ok(Successor { pid: child, generation, channel: ours, started: Instant::now() })
+            Ok(Successor {
+                pid: child,
+                generation,
+                channel: ours,
+                started: Instant::now(),
+            })
         }
         Err(e) => {
             let _ = signals::restore(&mask);
-            Err(Error::Os { what: "cannot fork the new generation", source: e.into() })
+            Err(Error::Os {
+                what: "cannot fork the new generation",
+                source: e.into(),
+            })
         }
     }
 }

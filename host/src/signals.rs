@@ -66,7 +66,11 @@ pub fn name(sig: i32) -> &'static str {
 /// supervisor's handler in the child.
 pub fn block_all() -> io::Result<SigSet> {
     let mut old = SigSet::empty();
-    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut old))?;
+    nix::sys::signal::pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    )?;
     Ok(old)
 }
 

@@ -38,9 +38,13 @@ impl Snapshot {
             }
             _ => bad(format!("cannot open: {e}")),
         })?;
-        let meta = file.metadata().map_err(|e| bad(format!("cannot stat: {e}")))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| bad(format!("cannot stat: {e}")))?;
         if meta.is_dir() {
-            return Err(bad("is a directory; pass the library file, e.g. target/release/libNAME.so".into()));
+            return Err(bad(
+                "is a directory; pass the library file, e.g. target/release/libNAME.so".into(),
+            ));
         }
         let mut header = [0u8; 18];
         let is_elf = file.read_exact(&mut header).is_ok() && header.starts_with(ELF_MAGIC);
@@ -55,15 +59,26 @@ impl Snapshot {
             return Err(bad("is an ELF file but not a shared library; build the plugin with crate-type = [\"cdylib\"]".into()));
         }
 
-        let memfd = memfd_create(c"host-plugin", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
-            .map_err(|e| bad(format!("cannot create the in-memory snapshot: {e}")))?;
+        let memfd = memfd_create(
+            c"host-plugin",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )
+        .map_err(|e| bad(format!("cannot create the in-memory snapshot: {e}")))?;
         let mut copy = File::from(memfd);
         let mut file = File::open(path).map_err(|e| bad(format!("cannot reopen: {e}")))?;
-        io::copy(&mut file, &mut copy).map_err(|e| bad(format!("cannot copy into the snapshot: {e}")))?;
+        io::copy(&mut file, &mut copy)
+            .map_err(|e| bad(format!("cannot copy into the snapshot: {e}")))?;
         let memfd = OwnedFd::from(copy);
-        let seals = SealFlag::F_SEAL_SEAL | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE;
-        fcntl(&memfd, FcntlArg::F_ADD_SEALS(seals)).map_err(|e| bad(format!("cannot seal the snapshot: {e}")))?;
-        Ok(Snapshot { source: path.to_owned(), memfd })
+        let seals = SealFlag::F_SEAL_SEAL
+            | SealFlag::F_SEAL_SHRINK
+            | SealFlag::F_SEAL_GROW
+            | SealFlag::F_SEAL_WRITE;
+        fcntl(&memfd, FcntlArg::F_ADD_SEALS(seals))
+            .map_err(|e| bad(format!("cannot seal the snapshot: {e}")))?;
+        Ok(Snapshot {
+            source: path.to_owned(),
+            memfd,
+        })
     }
 
     /// The plugin file this is a copy of.

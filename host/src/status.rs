@@ -35,7 +35,14 @@ impl State {
     }
 
     fn parse(s: &str) -> Option<State> {
-        [State::Starting, State::Serving, State::Reloading, State::Stopping].into_iter().find(|st| st.as_str() == s)
+        [
+            State::Starting,
+            State::Serving,
+            State::Reloading,
+            State::Stopping,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
     }
 }
 
@@ -67,8 +74,10 @@ impl Status {
 
     fn parse(text: &str) -> Option<Status> {
         let field = |key: &str| {
-            text.lines()
-                .find_map(|line| line.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
+            text.lines().find_map(|line| {
+                line.strip_prefix(key)
+                    .and_then(|rest| rest.strip_prefix('='))
+            })
         };
         Some(Status {
             pid: field("pid")?.parse().ok()?,
@@ -76,7 +85,10 @@ impl Status {
             state: State::parse(field("state")?)?,
             reloads: field("reloads")?.parse().ok()?,
             last_reload: field("last_reload")?.to_owned(),
-            listen: field("listen")?.split_whitespace().map(str::to_owned).collect(),
+            listen: field("listen")?
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
         })
     }
 }
@@ -123,6 +135,12 @@ mod tests {
         write(&path, &status).unwrap();
         let read_back = read(&path).unwrap();
         assert_eq!(read_back.last_reload, "failed: plugin x: bad second line");
-        assert_eq!(Status { last_reload: status.last_reload.replace('\n', " "), ..status }, read_back);
+        assert_eq!(
+            Status {
+                last_reload: status.last_reload.replace('\n', " "),
+                ..status
+            },
+            read_back
+        );
     }
 }

@@ -67,7 +67,9 @@ pub struct Config {
 impl Config {
     pub fn from_args(run: RunArgs) -> Result<Config, Error> {
         Ok(Config {
-            plugin: run.plugin.ok_or_else(|| Error::Control("--plugin PATH is required".into()))?,
+            plugin: run
+                .plugin
+                .ok_or_else(|| Error::Control("--plugin PATH is required".into()))?,
             pid_file: run.pid_file,
             listen: run.listen,
             workers: usize::from(run.workers),
@@ -75,7 +77,8 @@ impl Config {
             shutdown_timeout: run.shutdown_timeout,
             reload_timeout: run.reload_timeout,
             plugin_args: run.plugin_args,
-            exe: std::env::current_exe().map_err(Error::os("cannot find the host binary's path"))?,
+            exe: std::env::current_exe()
+                .map_err(Error::os("cannot find the host binary's path"))?,
             args: std::env::args_os().collect(),
         })
     }
@@ -123,7 +126,10 @@ enum Phase {
     /// A new generation: SIGQUIT sent, waiting for the old one's `Released`.
     TakingOver,
     Serving,
-    Stopping { deadline: Instant, result: Result<(), Error> },
+    Stopping {
+        deadline: Instant,
+        result: Result<(), Error>,
+    },
 }
 
 /// Where a poll event came from.
@@ -162,7 +168,11 @@ impl Supervisor {
     fn first(config: Config) -> Result<Supervisor, Error> {
         let started = Instant::now();
         // Lock first, so a second host is told who runs, not that the port is taken.
-        let pid_file = config.pid_file.as_deref().map(PidFile::acquire).transpose()?;
+        let pid_file = config
+            .pid_file
+            .as_deref()
+            .map(PidFile::acquire)
+            .transpose()?;
         let snapshot = Snapshot::take(&config.plugin)?;
         let listeners = Listeners::bind(&config.listen)?;
         Supervisor::new(config, 1, started, snapshot, listeners, pid_file)
@@ -171,7 +181,12 @@ impl Supervisor {
     /// On error, tells the previous generation why before returning it.
     fn successor(config: Config, inherited: Inherited) -> Result<Supervisor, Error> {
         let started = Instant::now();
-        let Inherited { generation, listeners, pid_file, predecessor } = inherited;
+        let Inherited {
+            generation,
+            listeners,
+            pid_file,
+            predecessor,
+        } = inherited;
         let setup = || {
             let snapshot = Snapshot::take(&config.plugin)?;
             let listeners = Listeners::inherit(listeners)?;
@@ -185,7 +200,11 @@ impl Supervisor {
             let pid_file = match (&config.pid_file, pid_file) {
                 (Some(path), Some(fd)) => Some(PidFile::inherit(path, fd)?),
                 (None, None) => None,
-                _ => return Err(Error::Inherit("the pid file and its inherited lock do not match".into())),
+                _ => {
+                    return Err(Error::Inherit(
+                        "the pid file and its inherited lock do not match".into(),
+                    ))
+                }
             };
             Ok((snapshot, listeners, pid_file))
         };
@@ -257,8 +276,12 @@ impl Supervisor {
             }
         }
         loop {
-            if matches!(self.phase, Phase::Stopping { .. }) && self.slots.iter().all(|s| s.worker.is_none()) {
-                let Phase::Stopping { result, .. } = std::mem::replace(&mut self.phase, Phase::Serving) else {
+            if matches!(self.phase, Phase::Stopping { .. })
+                && self.slots.iter().all(|s| s.worker.is_none())
+            {
+                let Phase::Stopping { result, .. } =
+                    std::mem::replace(&mut self.phase, Phase::Serving)
+                else {
                     unreachable!("checked just above")
                 };
                 match &result {
@@ -325,7 +348,10 @@ impl Supervisor {
             Phase::Stopping { deadline, .. } => Some(*deadline),
             _ => None,
         };
-        let reload = self.successor.as_ref().map(|s| s.started + self.config.reload_timeout);
+        let reload = self
+            .successor
+            .as_ref()
+            .map(|s| s.started + self.config.reload_timeout);
         let respawn = self.slots.iter().filter_map(|s| s.respawn_at).min();
         [stopping, reload, respawn].into_iter().flatten().min()
     }
@@ -333,7 +359,8 @@ impl Supervisor {
     // ---- workers ----
 
     fn spawn_worker(&mut self, slot: usize) -> Result<(), Error> {
-        let (ours, theirs) = Channel::pair().map_err(Error::os("cannot create a worker channel"))?;
+        let (ours, theirs) =
+            Channel::pair().map_err(Error::os("cannot create a worker channel"))?;
         let spec = worker::Spec {
             generation: self.generation,
             supervisor: getpid(),
@@ -368,7 +395,10 @@ impl Supervisor {
             }
             Err(e) => {
                 let _ = signals::restore(&mask);
-                Err(Error::Os { what: "cannot fork a worker", source: e.into() })
+                Err(Error::Os {
+                    what: "cannot fork a worker",
+                    source: e.into(),
+                })
             }
         }
     }
@@ -388,11 +418,16 @@ impl Supervisor {
     }
 
     fn on_worker_message(&mut self, slot: usize, message: Message) {
-        let Some(w) = self.slots[slot].worker.as_mut() else { return };
+        let Some(w) = self.slots[slot].worker.as_mut() else {
+            return;
+        };
         match message {
             Message::Loaded { can_hot_reload } => {
                 w.loaded = true;
-                if self.can_hot_reload.is_some_and(|known| known != can_hot_reload) {
+                if self
+                    .can_hot_reload
+                    .is_some_and(|known| known != can_hot_reload)
+                {
                     tracing::warn!("workers disagree on can_do_hot_reload(); using the latest: {can_hot_reload}");
                 }
                 self.can_hot_reload = Some(can_hot_reload);
@@ -408,7 +443,9 @@ impl Supervisor {
     }
 
     fn worker_exited(&mut self, slot: usize, status: WaitStatus) {
-        let Some(mut w) = self.slots[slot].worker.take() else { return };
+        let Some(mut w) = self.slots[slot].worker.take() else {
+            return;
+        };
         // Its last words may still be unread.
         while w.channel_open {
             match w.channel.try_recv() {
@@ -418,12 +455,20 @@ impl Supervisor {
             }
         }
         let how = describe(status);
-        let because = w.failure.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+        let because = w
+            .failure
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
         match self.phase {
-            Phase::Stopping { .. } => tracing::info!("worker pid {} stopped ({how}){because}", w.pid),
+            Phase::Stopping { .. } => {
+                tracing::info!("worker pid {} stopped ({how}){because}", w.pid)
+            }
             Phase::Starting => {
                 tracing::debug!("worker pid {} {how}{because}", w.pid);
-                let problem = w.failure.unwrap_or_else(|| format!("worker pid {} {how} before it was ready", w.pid));
+                let problem = w
+                    .failure
+                    .unwrap_or_else(|| format!("worker pid {} {how} before it was ready", w.pid));
                 self.fail_start(problem);
             }
             Phase::TakingOver | Phase::Serving => {
@@ -431,7 +476,10 @@ impl Supervisor {
                 if w.failure.is_none() && matches!(status, WaitStatus::Exited(_, 0)) {
                     tracing::info!("worker pid {} {how}; respawning in {delay:?}", w.pid);
                 } else {
-                    tracing::warn!("worker pid {} {how}{because}; respawning in {delay:?}", w.pid);
+                    tracing::warn!(
+                        "worker pid {} {how}{because}; respawning in {delay:?}",
+                        w.pid
+                    );
                 }
                 self.slots[slot].respawn_at = Some(Instant::now() + delay);
             }
@@ -444,7 +492,8 @@ impl Supervisor {
         if !matches!(self.phase, Phase::Starting) {
             return;
         }
-        let all = |f: fn(&Worker) -> bool| self.slots.iter().all(|s| s.worker.as_ref().is_some_and(f));
+        let all =
+            |f: fn(&Worker) -> bool| self.slots.iter().all(|s| s.worker.as_ref().is_some_and(f));
         if !self.inherited {
             if all(|w| w.loaded) {
                 self.phase = Phase::Serving;
@@ -459,7 +508,10 @@ impl Supervisor {
         let Some(predecessor) = self.predecessor.as_ref().map(|p| p.pid) else {
             return self.take_over();
         };
-        tracing::info!("all workers ready in {:?}: asking pid {predecessor} to step aside", self.started.elapsed());
+        tracing::info!(
+            "all workers ready in {:?}: asking pid {predecessor} to step aside",
+            self.started.elapsed()
+        );
         match kill(predecessor, Signal::SIGQUIT) {
             Ok(()) => self.phase = Phase::TakingOver,
             Err(e) => {
@@ -482,7 +534,9 @@ impl Supervisor {
         match p.channel.try_recv() {
             Ok(Received::Message(Message::Released)) => self.take_over(),
             Ok(Received::Empty) => {}
-            Ok(Received::Message(other)) => tracing::warn!("unexpected message from the previous generation: {other:?}"),
+            Ok(Received::Message(other)) => {
+                tracing::warn!("unexpected message from the previous generation: {other:?}")
+            }
             Ok(Received::Closed) | Err(_) => {
                 tracing::info!("the previous generation (pid {}) is gone", p.pid);
                 self.predecessor = None;
@@ -512,7 +566,11 @@ impl Supervisor {
             }
         }
         match predecessor {
-            Some(p) => tracing::info!("took over from pid {} in {:?}", p.pid, self.started.elapsed()),
+            Some(p) => tracing::info!(
+                "took over from pid {} in {:?}",
+                p.pid,
+                self.started.elapsed()
+            ),
             None => tracing::info!("took over in {:?}", self.started.elapsed()),
         }
     }
@@ -521,7 +579,11 @@ impl Supervisor {
 
     fn start_reload(&mut self) {
         if let Some(s) = &self.successor {
-            tracing::info!("SIGUSR2 ignored: generation {} (pid {}) is already taking over", s.generation, s.pid);
+            tracing::info!(
+                "SIGUSR2 ignored: generation {} (pid {}) is already taking over",
+                s.generation,
+                s.pid
+            );
             return;
         }
         if !matches!(self.phase, Phase::Serving) || !self.owns_status {
@@ -530,7 +592,8 @@ impl Supervisor {
         }
         self.reloads += 1;
         if self.can_hot_reload != Some(true) {
-            self.last_reload = "ignored: the plugin cannot hot-reload (its can_do_hot_reload() is false)".into();
+            self.last_reload =
+                "ignored: the plugin cannot hot-reload (its can_do_hot_reload() is false)".into();
             tracing::info!("SIGUSR2 {}", self.last_reload);
             self.write_status();
             return;
@@ -544,7 +607,11 @@ impl Supervisor {
         };
         match reload::spawn(&handoff) {
             Ok(successor) => {
-                tracing::info!("reload: generation {} starting as pid {}", successor.generation, successor.pid);
+                tracing::info!(
+                    "reload: generation {} starting as pid {}",
+                    successor.generation,
+                    successor.pid
+                );
                 self.successor = Some(successor);
                 self.write_status();
             }
@@ -557,7 +624,9 @@ impl Supervisor {
         match s.channel.try_recv() {
             Ok(Received::Message(Message::Failed(reason))) => self.reload_failed(reason),
             Ok(Received::Empty) => {}
-            Ok(Received::Message(other)) => tracing::warn!("unexpected message from the new generation: {other:?}"),
+            Ok(Received::Message(other)) => {
+                tracing::warn!("unexpected message from the new generation: {other:?}")
+            }
             Ok(Received::Closed) | Err(_) => {
                 self.kill_successor();
                 self.reload_failed("the new generation exited before taking over".into());
@@ -584,7 +653,11 @@ impl Supervisor {
         let Some(successor) = self.successor.take() else {
             return self.on_stop_signal(SIGQUIT);
         };
-        tracing::info!("generation {} (pid {}) is ready: stepping aside", successor.generation, successor.pid);
+        tracing::info!(
+            "generation {} (pid {}) is ready: stepping aside",
+            successor.generation,
+            successor.pid
+        );
         self.owns_status = false;
         self.last_reload = "ok".into();
         self.begin_stop(Ok(()));
@@ -602,11 +675,18 @@ impl Supervisor {
         }
         tracing::info!("{}: stopping", signals::name(sig));
         if let Some(s) = self.successor.take() {
-            tracing::info!("abandoning the reload to generation {} (pid {})", s.generation, s.pid);
+            tracing::info!(
+                "abandoning the reload to generation {} (pid {})",
+                s.generation,
+                s.pid
+            );
             let _ = kill(s.pid, Signal::SIGTERM);
         }
         if let Some(p) = self.predecessor.take() {
-            let why = format!("the new generation got {} before taking over", signals::name(sig));
+            let why = format!(
+                "the new generation got {} before taking over",
+                signals::name(sig)
+            );
             let _ = p.channel.send(&Message::Failed(why));
         }
         self.begin_stop(Ok(()));
@@ -626,7 +706,10 @@ impl Supervisor {
             }
         }
         tracing::debug!("workers told to stop; killing any still alive in {timeout:?}");
-        self.phase = Phase::Stopping { deadline: Instant::now() + timeout, result };
+        self.phase = Phase::Stopping {
+            deadline: Instant::now() + timeout,
+            result,
+        };
         self.write_status();
     }
 
@@ -663,11 +746,18 @@ impl Supervisor {
                 Err(e) => return tracing::warn!("waitpid failed: {e}"),
             };
             let Some(pid) = status.pid() else { continue };
-            if let Some(slot) = self.slots.iter().position(|s| s.worker.as_ref().is_some_and(|w| w.pid == pid)) {
+            if let Some(slot) = self
+                .slots
+                .iter()
+                .position(|s| s.worker.as_ref().is_some_and(|w| w.pid == pid))
+            {
                 self.worker_exited(slot, status);
             } else if self.successor.as_ref().is_some_and(|s| s.pid == pid) {
                 self.kill_successor();
-                self.reload_failed(format!("the new generation (pid {pid}) {}", describe(status)));
+                self.reload_failed(format!(
+                    "the new generation (pid {pid}) {}",
+                    describe(status)
+                ));
             } else {
                 tracing::debug!("reaped pid {pid} ({})", describe(status));
             }
@@ -677,8 +767,16 @@ impl Supervisor {
     fn run_timers(&mut self) {
         let now = Instant::now();
         if let Phase::Stopping { deadline, .. } = self.phase {
-            if now >= deadline && self.slots.iter().any(|s| s.worker.as_ref().is_some_and(|w| !w.killed)) {
-                tracing::warn!("workers did not stop within {:?}: killing them", self.config.shutdown_timeout);
+            if now >= deadline
+                && self
+                    .slots
+                    .iter()
+                    .any(|s| s.worker.as_ref().is_some_and(|w| !w.killed))
+            {
+                tracing::warn!(
+                    "workers did not stop within {:?}: killing them",
+                    self.config.shutdown_timeout
+                );
                 self.kill_workers();
             }
         }
@@ -686,7 +784,9 @@ impl Supervisor {
             if now >= s.started + self.config.reload_timeout {
                 self.kill_successor();
                 let timeout = self.config.reload_timeout;
-                self.reload_failed(format!("the new generation did not take over within {timeout:?}"));
+                self.reload_failed(format!(
+                    "the new generation did not take over within {timeout:?}"
+                ));
             }
         }
         if matches!(self.phase, Phase::Serving | Phase::TakingOver) {
@@ -703,7 +803,9 @@ impl Supervisor {
     }
 
     fn write_status(&self) {
-        let Some(pid_file) = self.pid_file.as_ref().filter(|_| self.owns_status) else { return };
+        let Some(pid_file) = self.pid_file.as_ref().filter(|_| self.owns_status) else {
+            return;
+        };
         let state = match self.phase {
             Phase::Starting | Phase::TakingOver => State::Starting,
             Phase::Serving if self.successor.is_some() => State::Reloading,
@@ -729,7 +831,11 @@ fn describe(status: WaitStatus) -> String {
     match status {
         WaitStatus::Exited(_, code) => format!("exited with status {code}"),
         WaitStatus::Signaled(_, sig, core) => {
-            format!("was killed by {}{}", sig.as_str(), if core { " (core dumped)" } else { "" })
+            format!(
+                "was killed by {}{}",
+                sig.as_str(),
+                if core { " (core dumped)" } else { "" }
+            )
         }
         other => format!("changed state: {other:?}"),
     }

@@ -77,20 +77,33 @@ fn live(channel: Channel, spec: Spec<'_>) -> i32 {
         Ok(module) => module,
         Err(e) => return link.fail(EXIT_NOT_STARTED, describe_load_error(&e, spec.snapshot)),
     };
-    tracing::debug!("plugin {} loaded in {:?}", spec.snapshot.source().display(), started.elapsed());
+    tracing::debug!(
+        "plugin {} loaded in {:?}",
+        spec.snapshot.source().display(),
+        started.elapsed()
+    );
     let services = WorkerServices {
         link: Arc::clone(&link),
         generation: spec.generation,
         listener_fds: spec.listener_fds.clone(),
         max_log_level: logging::max_level(),
     };
-    let args: RVec<RString> = spec.plugin_args.iter().map(|a| RString::from(a.as_str())).collect();
-    let mut plugin = match module.new_plugin()(args, HostServices_TO::from_value(services, TD_Opaque)) {
-        RResult::ROk(plugin) => plugin,
-        RResult::RErr(e) => return link.fail(EXIT_NOT_STARTED, e.into()),
-    };
+    let args: RVec<RString> = spec
+        .plugin_args
+        .iter()
+        .map(|a| RString::from(a.as_str()))
+        .collect();
+    let mut plugin =
+        match module.new_plugin()(args, HostServices_TO::from_value(services, TD_Opaque)) {
+            RResult::ROk(plugin) => plugin,
+            RResult::RErr(e) => return link.fail(EXIT_NOT_STARTED, e.into()),
+        };
     let can_hot_reload = plugin.can_do_hot_reload();
-    if link.channel.send(&Message::Loaded { can_hot_reload }).is_err() {
+    if link
+        .channel
+        .send(&Message::Loaded { can_hot_reload })
+        .is_err()
+    {
         tracing::debug!("the supervisor is gone before the plugin ran");
     }
     tracing::debug!(can_hot_reload, "plugin built in {:?}", started.elapsed());
@@ -112,7 +125,9 @@ fn prepare(channel: &Channel, spec: &Spec<'_>) -> std::io::Result<SignalFd> {
     // SIGTERM is a graceful stop; it backs up the channel hang-up.
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
     if getppid() != spec.supervisor {
-        return Err(std::io::Error::other("the supervisor exited before the worker started"));
+        return Err(std::io::Error::other(
+            "the supervisor exited before the worker started",
+        ));
     }
     let mut keep = vec![0, 1, 2, channel.as_raw_fd(), spec.snapshot.raw_fd()];
     keep.extend(&spec.listener_fds);
@@ -208,7 +223,10 @@ impl Link {
         Ok(Link {
             channel,
             stop: AtomicBool::new(false),
-            state: Mutex::new(LinkState { go, ..LinkState::default() }),
+            state: Mutex::new(LinkState {
+                go,
+                ..LinkState::default()
+            }),
             changed: Condvar::new(),
             stop_read,
             stop_write,
@@ -218,7 +236,9 @@ impl Link {
     /// Starts the link thread.
     fn watch(self: &Arc<Self>, signal_fd: SignalFd) -> std::io::Result<()> {
         let link = Arc::clone(self);
-        std::thread::Builder::new().name("host-link".into()).spawn(move || link.watch_loop(signal_fd))?;
+        std::thread::Builder::new()
+            .name("host-link".into())
+            .spawn(move || link.watch_loop(signal_fd))?;
         Ok(())
     }
 
@@ -230,7 +250,9 @@ impl Link {
             ];
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return self.request_stop(&format!("cannot watch the supervisor channel: {e}")),
+                Err(e) => {
+                    return self.request_stop(&format!("cannot watch the supervisor channel: {e}"))
+                }
             }
             if fds[1].any().unwrap_or(false) {
                 let name = match signal_fd.read_signal() {
@@ -244,11 +266,17 @@ impl Link {
                     Ok(Received::Message(Message::Go)) => {
                         self.update(|s| s.go = true);
                     }
-                    Ok(Received::Message(Message::Stop)) => return self.request_stop("the supervisor asked"),
+                    Ok(Received::Message(Message::Stop)) => {
+                        return self.request_stop("the supervisor asked")
+                    }
                     Ok(Received::Closed) => return self.request_stop("the supervisor is gone"),
-                    Ok(Received::Message(other)) => tracing::warn!("unexpected message from the supervisor: {other:?}"),
+                    Ok(Received::Message(other)) => {
+                        tracing::warn!("unexpected message from the supervisor: {other:?}")
+                    }
                     Ok(Received::Empty) => {}
-                    Err(e) => return self.request_stop(&format!("the supervisor channel failed: {e}")),
+                    Err(e) => {
+                        return self.request_stop(&format!("the supervisor channel failed: {e}"))
+                    }
                 }
             }
         }
@@ -271,7 +299,9 @@ impl Link {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if !state.ready_sent {
             state.ready_sent = true;
-            self.channel.send(&Message::Ready).map_err(|e| format!("cannot tell the supervisor: {e}"))?;
+            self.channel
+                .send(&Message::Ready)
+                .map_err(|e| format!("cannot tell the supervisor: {e}"))?;
         }
         let state = self
             .changed

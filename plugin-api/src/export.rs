@@ -13,7 +13,9 @@ use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RString, RVec};
 
-use crate::ffi::{HostBox, PluginBox, PluginModule, PluginModuleRef, PluginObject, PluginObject_TO};
+use crate::ffi::{
+    HostBox, PluginBox, PluginModule, PluginModuleRef, PluginObject, PluginObject_TO,
+};
 use crate::{forward_log, SupervisedProcess, Supervisor};
 
 thread_local! {
@@ -32,7 +34,11 @@ pub fn root_module(
 
 /// Builds the plugin object: installs log forwarding and panic capture, then
 /// calls the author's constructor with the plugin's arguments.
-pub fn new_plugin<P, E, F>(args: RVec<RString>, host: HostBox, constructor: F) -> RResult<PluginBox, RString>
+pub fn new_plugin<P, E, F>(
+    args: RVec<RString>,
+    host: HostBox,
+    constructor: F,
+) -> RResult<PluginBox, RString>
 where
     P: SupervisedProcess,
     E: Display,
@@ -44,7 +50,11 @@ where
     let args = args.into_iter().map(String::from).collect();
     let result = match guarded("the plugin constructor", || constructor(args)) {
         Ok(Ok(process)) => Ok(PluginObject_TO::from_value(
-            Adapter { process, sup: Supervisor::new(host), panicked: false },
+            Adapter {
+                process,
+                sup: Supervisor::new(host),
+                panicked: false,
+            },
             TD_Opaque,
         )),
         Ok(Err(e)) => Err(format!("the plugin constructor failed: {e}")),
@@ -69,7 +79,9 @@ impl<P: SupervisedProcess> PluginObject for Adapter<P> {
         let Adapter { process, sup, .. } = self;
         match guarded("supervised_process", || process.supervised_process(sup)) {
             Ok(Ok(())) => RResult::ROk(()),
-            Ok(Err(e)) => RResult::RErr(format!("supervised_process returned an error: {e}").into()),
+            Ok(Err(e)) => {
+                RResult::RErr(format!("supervised_process returned an error: {e}").into())
+            }
             Err(panicked) => {
                 self.panicked = true;
                 RResult::RErr(panicked.into())
@@ -127,7 +139,11 @@ fn install_panic_hook(host: &Arc<HostBox>) {
             } else {
                 let thread = std::thread::current();
                 let name = thread.name().unwrap_or("unnamed");
-                sup.log(1, "plugin", &format!("plugin thread '{name}' panicked at {detail}"));
+                sup.log(
+                    1,
+                    "plugin",
+                    &format!("plugin thread '{name}' panicked at {detail}"),
+                );
             }
         }));
     });

@@ -67,7 +67,8 @@ pub type PluginBox = PluginObject_TO<'static, RBox<()>>;
 pub struct PluginModule {
     /// Builds the plugin object from the plugin's arguments.
     #[sabi(last_prefix_field)]
-    pub new_plugin: extern "C" fn(args: RVec<RString>, host: HostBox) -> RResult<PluginBox, RString>,
+    pub new_plugin:
+        extern "C" fn(args: RVec<RString>, host: HostBox) -> RResult<PluginBox, RString>,
 }
 
 impl RootModule for PluginModuleRef {

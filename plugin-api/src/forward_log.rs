@@ -23,7 +23,10 @@ struct Forward {
 /// the plugin set one of its own first.
 pub(crate) fn install(host: Arc<crate::ffi::HostBox>) {
     let max_level = host.max_log_level();
-    let forward = Forward { sup: Supervisor::new(host), max_level };
+    let forward = Forward {
+        sup: Supervisor::new(host),
+        max_level,
+    };
     // An error means the plugin already chose a subscriber: keep it.
     let _ = tracing::subscriber::set_global_default(forward);
 }
@@ -97,7 +100,8 @@ impl Subscriber for Forward {
         let mut line = Line::default();
         event.record(&mut line);
         let metadata = event.metadata();
-        self.sup.log(level_number(metadata.level()), metadata.target(), &line.0);
+        self.sup
+            .log(level_number(metadata.level()), metadata.target(), &line.0);
     }
 
     fn enter(&self, _span: &Id) {}

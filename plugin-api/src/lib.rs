@@ -124,7 +124,12 @@ macro_rules! export_plugin {
             pub static ROOT_MODULE_LOADER: p::LibHeader =
                 // SAFETY: `erased_root_module` returns the module built by
                 // `root_module`, a `PluginModuleRef`, which is the type named here.
-                unsafe { p::LibHeader::from_constructor::<p::PluginModuleRef>(erased_root_module, p::CheckTypeLayout::Yes) };
+                unsafe {
+                    p::LibHeader::from_constructor::<p::PluginModuleRef>(
+                        erased_root_module,
+                        p::CheckTypeLayout::Yes,
+                    )
+                };
         };
     };
 }
@@ -133,6 +138,8 @@ macro_rules! export_plugin {
 pub mod __private {
     pub use crate::export::{new_plugin, root_module};
     pub use crate::ffi::{HostBox, PluginBox, PluginModuleRef};
-    pub use abi_stable::library::{__call_root_module_loader, CheckTypeLayout, LibHeader, RootModuleResult};
+    pub use abi_stable::library::{
+        __call_root_module_loader, CheckTypeLayout, LibHeader, RootModuleResult,
+    };
     pub use abi_stable::std_types::{RResult, RString, RVec};
 }

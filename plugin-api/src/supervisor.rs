@@ -38,7 +38,10 @@ impl Supervisor {
     /// before serving: the new generation takes over only when every worker
     /// has called it.
     pub fn ready_to_take_over(&self) -> Result<(), String> {
-        self.host.ready_to_take_over().into_result().map_err(String::from)
+        self.host
+            .ready_to_take_over()
+            .into_result()
+            .map_err(String::from)
     }
 
     /// Always false: plugin code runs in workers, never in the supervisor.
@@ -89,7 +92,11 @@ impl Supervisor {
                 .iter()
                 .map(|l| l.as_raw_fd())
                 .chain([stop])
-                .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+                .map(|fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
                 .collect();
             // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd
             // whose length we pass alongside it.

@@ -46,11 +46,17 @@ fn handle(mut conn: TcpStream, body: &str) -> io::Result<()> {
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         let n = conn.read(&mut buf)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "client closed before the end of the request head"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "client closed before the end of the request head",
+            ));
         }
         head.extend_from_slice(&buf[..n]);
         if head.len() > MAX_HEAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head too large",
+            ));
         }
     }
     let reply = format!(
@@ -63,9 +69,14 @@ fn handle(mut conn: TcpStream, body: &str) -> io::Result<()> {
 
 impl SupervisedProcess for HelloHttp {
     fn supervised_process(&mut self, sup: &Supervisor) -> Result<(), String> {
-        let listeners = sup.listeners().map_err(|e| format!("cannot use the host's listeners: {e}"))?;
+        let listeners = sup
+            .listeners()
+            .map_err(|e| format!("cannot use the host's listeners: {e}"))?;
         if listeners.is_empty() {
-            return Err("hello-http needs a socket to serve: start the host with --listen 127.0.0.1:8080".to_owned());
+            return Err(
+                "hello-http needs a socket to serve: start the host with --listen 127.0.0.1:8080"
+                    .to_owned(),
+            );
         }
         let body = format!(
             "{BANNER}\nhello-http {} gen={} pid={}\n",
@@ -76,7 +87,10 @@ impl SupervisedProcess for HelloHttp {
         sup.ready_to_take_over()?;
         tracing::info!("serving on {} listener(s)", listeners.len());
         while sup.ping_supervisor() {
-            let Some((conn, peer)) = sup.accept(&listeners).map_err(|e| format!("accept failed: {e}"))? else {
+            let Some((conn, peer)) = sup
+                .accept(&listeners)
+                .map_err(|e| format!("accept failed: {e}"))?
+            else {
                 break;
             };
             match handle(conn, &body) {

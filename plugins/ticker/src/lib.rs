@@ -50,7 +50,9 @@ impl SupervisedProcess for Ticker {
             next += PERIOD;
             // Sleep in short steps so a stop is noticed within 10 ms.
             while sup.ping_supervisor() && Instant::now() < next {
-                std::thread::sleep(Duration::from_millis(10).min(next.saturating_duration_since(Instant::now())));
+                std::thread::sleep(
+                    Duration::from_millis(10).min(next.saturating_duration_since(Instant::now())),
+                );
             }
         }
         Ok(())

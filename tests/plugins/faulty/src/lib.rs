@@ -31,7 +31,10 @@ impl Faulty {
             .map(|m| m.trim().to_owned())
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| "serve".to_owned());
-        let faulty = Faulty { mode, events: file.map(|f| format!("{f}.events")) };
+        let faulty = Faulty {
+            mode,
+            events: file.map(|f| format!("{f}.events")),
+        };
         match faulty.mode.as_str() {
             "error-in-new" => Err("told to fail (mode error-in-new)".to_owned()),
             "panic-in-new" => panic!("told to panic (mode panic-in-new)"),
@@ -41,7 +44,11 @@ impl Faulty {
 
     fn event(&self, what: &str) {
         if let Some(path) = &self.events {
-            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
                 let _ = writeln!(f, "{what} mode={} pid={}", self.mode, std::process::id());
             }
         }

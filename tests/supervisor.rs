@@ -1,0 +1,275 @@
+//! The supervisor's everyday behaviour, with real processes and signals:
+//! workers run and serve, crashed workers come back, a dead supervisor takes
+//! its workers with it, SIGTERM stops everything cleanly, the pid file keeps
+//! one host per file.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::*;
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn start_ticker(dir: &Path, extra: &[&str]) -> (Host, std::path::PathBuf) {
+    let plugin = build_plugin("ticker", None, &dir.join("libticker.so"));
+    let ticks = dir.join("ticks.log");
+    let mut args = vec!["--plugin", plugin.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.extend(["--", ticks.to_str().unwrap()]);
+    (start_host(dir, &args, &[]), ticks)
+}
+
+#[test]
+fn worker_serves_http_with_its_identity() {
+    let dir = temp_dir();
+    let plugin = build_plugin("hello-http", None, &dir.path().join("libhello.so"));
+    let host = start_host(
+        dir.path(),
+        &[
+            "--plugin",
+            plugin.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    host.wait_serving();
+    let body = http_get(host.listen_addr()).expect("a reply");
+    let last = body.lines().last().unwrap();
+    assert!(
+        last.starts_with(&format!(
+            "hello-http {} gen=1 pid=",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{body:?}"
+    );
+    let (_, worker) = identity(&body);
+    assert_ne!(
+        worker,
+        host.pid(),
+        "the plugin runs in a worker, not in the supervisor"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
+    assert!(
+        status.contains(&format!("PPid:\t{}", host.pid())),
+        "the worker is the supervisor's child"
+    );
+}
+
+#[test]
+fn three_workers_run() {
+    let dir = temp_dir();
+    let (host, ticks) = start_ticker(dir.path(), &["--workers", "3"]);
+    let pids = eventually("ticks from 3 workers", LONG, || {
+        Some(tick_pids(&ticks)).filter(|p| p.len() == 3)
+    });
+    assert!(!pids.contains(&host.pid()));
+    for pid in pids {
+        assert!(alive(pid), "worker {pid} runs");
+    }
+}
+
+#[test]
+fn killed_worker_is_respawned_after_the_delay() {
+    let dir = temp_dir();
+    let (host, ticks) = start_ticker(dir.path(), &["--respawn-delay", "0.5"]);
+    let first = eventually("a first tick", LONG, || tick_pids(&ticks).first().copied());
+    let killed_at = Instant::now();
+    signal(first, Signal::SIGKILL);
+    let second = eventually("a tick from a new worker", LONG, || {
+        tick_pids(&ticks).get(1).copied()
+    });
+    let took = killed_at.elapsed();
+    assert_ne!(first, second);
+    assert!(
+        took >= Duration::from_millis(500),
+        "respawned after {took:?}, before the 0.5 s delay"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "respawned after {took:?}, long after the 0.5 s delay"
+    );
+    host.wait_for_log(
+        &format!("worker pid {first} was killed by SIGKILL; respawning in 500ms"),
+        LONG,
+    );
+}
+
+#[test]
+fn killed_supervisor_makes_the_worker_shut_down_within_a_second() {
+    let dir = temp_dir();
+    let (host, ticks) = start_ticker(dir.path(), &[]);
+    let worker = eventually("a first tick", LONG, || tick_pids(&ticks).first().copied());
+    let killed_at = Instant::now();
+    signal(host.pid(), Signal::SIGKILL);
+    let shutdown = format!("shutdown pid={worker}");
+    eventually("the worker's shutdown line", Duration::from_secs(1), || {
+        lines(&ticks).contains(&shutdown).then_some(())
+    });
+    eventually("the worker to exit", Duration::from_secs(1), || {
+        (!alive(worker)).then_some(())
+    });
+    assert!(killed_at.elapsed() < Duration::from_secs(1));
+    assert_eq!(
+        lines(&ticks)
+            .iter()
+            .filter(|l| l.starts_with("shutdown"))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn sigterm_shuts_down_each_worker_once_and_exits_0() {
+    let dir = temp_dir();
+    let (mut host, ticks) = start_ticker(dir.path(), &["--workers", "3"]);
+    let workers: BTreeSet<u32> = eventually("ticks from 3 workers", LONG, || {
+        Some(tick_pids(&ticks)).filter(|p| p.len() == 3)
+    })
+    .into_iter()
+    .collect();
+    signal(host.pid(), Signal::SIGTERM);
+    let status = host.wait_exit(LONG);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status; log:\n{}",
+        host.log_text()
+    );
+    let shutdowns: Vec<u32> = lines(&ticks)
+        .iter()
+        .filter_map(|l| l.strip_prefix("shutdown pid=")?.parse().ok())
+        .collect();
+    assert_eq!(
+        shutdowns.len(),
+        3,
+        "one shutdown line per worker: {shutdowns:?}"
+    );
+    assert_eq!(shutdowns.into_iter().collect::<BTreeSet<_>>(), workers);
+    for pid in workers {
+        assert!(!alive(pid));
+    }
+}
+
+#[test]
+fn sigterm_to_one_worker_shuts_it_down_and_respawns_it() {
+    let dir = temp_dir();
+    let (host, ticks) = start_ticker(dir.path(), &["--respawn-delay", "0.1"]);
+    let first = eventually("a first tick", LONG, || tick_pids(&ticks).first().copied());
+    signal(first, Signal::SIGTERM);
+    let second = eventually("a tick from a new worker", LONG, || {
+        tick_pids(&ticks).get(1).copied()
+    });
+    assert_ne!(first, second);
+    assert!(lines(&ticks).contains(&format!("shutdown pid={first}")));
+    assert!(alive(host.pid()));
+}
+
+#[test]
+fn panicking_worker_is_logged_with_its_message_and_respawned() {
+    let dir = temp_dir();
+    let plugin = build_plugin("faulty", None, &dir.path().join("libfaulty.so"));
+    let mode = dir.path().join("mode");
+    std::fs::write(&mode, "panic-in-run").unwrap();
+    let host = start_host(
+        dir.path(),
+        &[
+            "--plugin",
+            plugin.to_str().unwrap(),
+            "--respawn-delay",
+            "0.1",
+        ],
+        &[("FAULTY_MODE_FILE", mode.to_str().unwrap())],
+    );
+    let line = host.wait_for_log("supervised_process panicked at", LONG);
+    assert!(
+        line.contains("told to panic (mode panic-in-run)") && line.contains("respawning in 100ms"),
+        "{line}"
+    );
+    host.wait_for_nth_log("supervised_process panicked at", 2, LONG);
+    assert!(
+        !host.log_text().contains("RUST_BACKTRACE"),
+        "no raw panic output"
+    );
+}
+
+#[test]
+fn second_instance_is_refused_naming_the_running_pid() {
+    let dir = temp_dir();
+    let pid_file = dir.path().join("ticker.pid");
+    let (first, _ticks) = start_ticker(dir.path(), &["--pid-file", pid_file.to_str().unwrap()]);
+    first.wait_serving();
+    let plugin = dir.path().join("libticker.so");
+    let (status, log) = run_host(
+        &[
+            "--plugin",
+            plugin.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "--",
+            "other.log",
+        ],
+        &[],
+        LONG,
+    );
+    assert!(!status.success());
+    assert!(
+        log.contains(&format!("already running as pid {}", first.pid())),
+        "{log}"
+    );
+    assert!(alive(first.pid()));
+}
+
+#[test]
+fn stale_pid_file_is_taken_over() {
+    let dir = temp_dir();
+    let pid_file = dir.path().join("ticker.pid");
+    std::fs::write(&pid_file, "999999\n").unwrap();
+    let (host, _ticks) = start_ticker(dir.path(), &["--pid-file", pid_file.to_str().unwrap()]);
+    host.wait_serving();
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap(),
+        format!("{}\n", host.pid())
+    );
+}
+
+#[test]
+fn status_and_stop_commands_control_a_running_host() {
+    let dir = temp_dir();
+    let pid_file = dir.path().join("ticker.pid");
+    let (mut host, _ticks) = start_ticker(dir.path(), &["--pid-file", pid_file.to_str().unwrap()]);
+    host.wait_serving();
+    let status = std::process::Command::new(host_bin())
+        .args(["status", "--pid-file", pid_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains(&format!(
+            "running: pid {}, generation 1, serving",
+            host.pid()
+        )),
+        "{text}"
+    );
+    let stop = std::process::Command::new(host_bin())
+        .args(["stop", "--pid-file", pid_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        stop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    assert_eq!(host.wait_exit(LONG).code(), Some(0));
+    let after = std::process::Command::new(host_bin())
+        .args(["status", "--pid-file", pid_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!after.status.success());
+    assert!(String::from_utf8_lossy(&after.stderr).contains("no host is running"));
+}
