@@ -19,6 +19,8 @@ use nix::sys::memfd::{memfd_create, MFdFlags};
 use crate::error::Error;
 
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
+const ELFCLASS64: u8 = 2;
+const ELFDATA2LSB: u8 = 1;
 const ET_DYN: u16 = 3;
 
 /// A sealed in-memory copy of the plugin file.
@@ -46,18 +48,10 @@ impl Snapshot {
                 "is a directory; pass the library file, e.g. target/release/libNAME.so".into(),
             ));
         }
-        let mut header = [0u8; 18];
-        let is_elf = file.read_exact(&mut header).is_ok() && header.starts_with(ELF_MAGIC);
-        if !is_elf {
-            return Err(bad("is not a shared library (no ELF header); pass the .so that cargo builds for a cdylib crate".into()));
-        }
-        let e_type = match header[5] {
-            2 => u16::from_be_bytes([header[16], header[17]]),
-            _ => u16::from_le_bytes([header[16], header[17]]),
-        };
-        if e_type != ET_DYN {
-            return Err(bad("is an ELF file but not a shared library; build the plugin with crate-type = [\"cdylib\"]".into()));
-        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        file.read_to_end(&mut bytes)
+            .map_err(|e| bad(format!("cannot read: {e}")))?;
+        check_elf(&bytes).map_err(|problem| bad(problem.into()))?;
 
         let memfd = memfd_create(
             c"host-plugin",
@@ -93,5 +87,76 @@ impl Snapshot {
 
     pub fn raw_fd(&self) -> RawFd {
         self.memfd.as_raw_fd()
+    }
+}
+
+/// Checks that `bytes` is a whole 64-bit little-endian ELF shared library:
+/// the header says so, and every program header and segment lies inside the
+/// file. (dlopen maps a truncated library without complaint, and the first
+/// access past its end kills the process with SIGBUS.)
+fn check_elf(bytes: &[u8]) -> Result<(), &'static str> {
+    const NOT_A_LIBRARY: &str = "is not a shared library (no ELF header); pass the .so that cargo builds for a cdylib crate";
+    const TRUNCATED: &str =
+        "is truncated or corrupt (its ELF headers point past the end of the file); rebuild it";
+    if bytes.len() < 64 || !bytes.starts_with(ELF_MAGIC) {
+        return Err(NOT_A_LIBRARY);
+    }
+    if bytes[4] != ELFCLASS64 || bytes[5] != ELFDATA2LSB {
+        return Err("is an ELF file for another kind of machine (not 64-bit little-endian)");
+    }
+    let u16_at = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u64_at = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    if u16_at(16) != Some(ET_DYN) {
+        return Err("is an ELF file but not a shared library; build the plugin with crate-type = [\"cdylib\"]");
+    }
+    let len = bytes.len() as u64;
+    let (phoff, phentsize, phnum) = (
+        u64_at(32).ok_or(TRUNCATED)?,
+        u16_at(54).ok_or(TRUNCATED)?,
+        u16_at(56).ok_or(TRUNCATED)?,
+    );
+    let table_end = u64::from(phentsize)
+        .checked_mul(u64::from(phnum))
+        .and_then(|size| size.checked_add(phoff));
+    if table_end.is_none_or(|end| end > len) || phentsize < 56 {
+        return Err(TRUNCATED);
+    }
+    for i in 0..u64::from(phnum) {
+        let header = (phoff + i * u64::from(phentsize)) as usize;
+        let (offset, filesz) = (
+            u64_at(header + 8).ok_or(TRUNCATED)?,
+            u64_at(header + 32).ok_or(TRUNCATED)?,
+        );
+        if offset.checked_add(filesz).is_none_or(|end| end > len) {
+            return Err(TRUNCATED);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_elf;
+
+    #[test]
+    fn the_host_binary_is_elf_but_not_a_library_and_truncation_is_caught() {
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        // Test binaries are position-independent executables: ET_DYN too,
+        // so they pass the type check; cutting one short must not.
+        assert!(check_elf(&exe).is_ok());
+        assert!(check_elf(&exe[..4096]).unwrap_err().contains("truncated"));
+        assert!(check_elf(
+            b"not an elf file at all, just some text that is long enough to be read"
+        )
+        .unwrap_err()
+        .contains("not a shared library"));
     }
 }

@@ -337,3 +337,30 @@ pub fn tick_pids(path: &Path) -> Vec<u32> {
     }
     pids
 }
+
+/// Runs `host ARGS` (a control command) to completion with a deadline;
+/// returns its exit status, stdout and stderr.
+pub fn host_command(args: &[&str], timeout: Duration) -> (ExitStatus, String, String) {
+    let dir = temp_dir();
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = Command::new(host_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("start host command");
+    let status = eventually(&format!("host {args:?} to finish"), timeout, || {
+        child.try_wait().unwrap()
+    });
+    (
+        status,
+        fs::read_to_string(out).unwrap(),
+        fs::read_to_string(err).unwrap(),
+    )
+}
+
+/// The pid a pid file names.
+pub fn pid_in(pid_file: &Path) -> Option<u32> {
+    fs::read_to_string(pid_file).ok()?.trim().parse().ok()
+}

@@ -10,7 +10,9 @@
 //! - `exit-in-run`: the worker process exits with status 7;
 //! - `hang-before-ready`: never calls `ready_to_take_over` (but stops when asked).
 //!
-//! Every start and every shutdown appends a line to `FAULTY_MODE_FILE.events`.
+//! Every start and every shutdown appends a line to `FAULTY_MODE_FILE.events`,
+//! with the mode, the worker's pid and generation, and how many `HOST_INHERIT_*`
+//! variables the worker can see (there should be none).
 
 use std::io::Write;
 use std::time::Duration;
@@ -20,6 +22,7 @@ use plugin_api::{export_plugin, SupervisedProcess, Supervisor};
 struct Faulty {
     mode: String,
     events: Option<String>,
+    generation: u64,
 }
 
 impl Faulty {
@@ -34,6 +37,7 @@ impl Faulty {
         let faulty = Faulty {
             mode,
             events: file.map(|f| format!("{f}.events")),
+            generation: 0,
         };
         match faulty.mode.as_str() {
             "error-in-new" => Err("told to fail (mode error-in-new)".to_owned()),
@@ -42,22 +46,29 @@ impl Faulty {
         }
     }
 
-    fn event(&self, what: &str) {
-        if let Some(path) = &self.events {
-            if let Ok(mut f) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-            {
-                let _ = writeln!(f, "{what} mode={} pid={}", self.mode, std::process::id());
-            }
+    fn event(&self, what: &str, generation: u64) {
+        let inherited = std::env::vars_os()
+            .filter(|(k, _)| k.to_string_lossy().starts_with("HOST_INHERIT_"))
+            .count();
+        let Some(path) = &self.events else { return };
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let (mode, pid) = (&self.mode, std::process::id());
+            let _ = writeln!(
+                f,
+                "{what} mode={mode} pid={pid} gen={generation} inherited_vars={inherited}"
+            );
         }
     }
 }
 
 impl SupervisedProcess for Faulty {
     fn supervised_process(&mut self, sup: &Supervisor) -> Result<(), String> {
-        self.event("start");
+        self.generation = sup.generation();
+        self.event("start", self.generation);
         if self.mode != "hang-before-ready" {
             sup.ready_to_take_over()?;
         }
@@ -73,7 +84,7 @@ impl SupervisedProcess for Faulty {
     }
 
     fn supervised_shutdown(&mut self) {
-        self.event("shutdown");
+        self.event("shutdown", self.generation);
     }
 
     fn can_do_hot_reload(&self) -> bool {

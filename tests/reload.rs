@@ -1,0 +1,491 @@
+//! Hot reload with real processes: under load no request is lost, a failed
+//! new generation leaves the old one serving (and `host reload` says why),
+//! SIGUSR2 storms and plugins that cannot reload are handled.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use support::*;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// A hello-http host with a pid file, running a copy of the plugin at
+/// `dir/libhello.so` that tests may replace.
+struct Service {
+    host: Host,
+    plugin: PathBuf,
+    pid_file: PathBuf,
+}
+
+fn start_service(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Service {
+    let plugin = build_plugin("hello-http", None, &dir.join("libhello.so"));
+    let pid_file = dir.join("hello.pid");
+    let mut args = vec![
+        "--plugin",
+        plugin.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend(["--pid-file", pid_file.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    let host = start_host(dir, &args, env);
+    host.wait_serving();
+    Service {
+        host,
+        plugin,
+        pid_file,
+    }
+}
+
+fn reload(pid_file: &Path) -> (bool, String, String) {
+    let (status, out, err) =
+        host_command(&["reload", "--pid-file", pid_file.to_str().unwrap()], LONG);
+    (status.success(), out, err)
+}
+
+#[test]
+fn twenty_reloads_between_two_builds_under_load_lose_no_request() {
+    let dir = temp_dir();
+    let build_a = build_plugin("hello-http", Some("build-a"), &dir.path().join("a.so"));
+    let build_b = build_plugin("hello-http", Some("build-b"), &dir.path().join("b.so"));
+    let service = start_service(dir.path(), &["--workers", "2"], &[]);
+    copy_atomically(&build_a, &service.plugin);
+    let addr = service.host.listen_addr();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let results = Arc::new(Mutex::new((
+        0u64,
+        Vec::<String>::new(),
+        Vec::<String>::new(),
+    )));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, results) = (Arc::clone(&stop), Arc::clone(&results));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let outcome = http_get(addr);
+                    let mut r = results.lock().unwrap();
+                    r.0 += 1;
+                    match outcome {
+                        Ok(body) => r.1.push(body.lines().next().unwrap_or_default().to_owned()),
+                        Err(e) => r.2.push(e.to_string()),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    for i in 0..20u64 {
+        let (build, banner) = if i % 2 == 0 {
+            (&build_b, "build-b")
+        } else {
+            (&build_a, "build-a")
+        };
+        copy_atomically(build, &service.plugin);
+        let (ok, out, err) = reload(&service.pid_file);
+        let generation = i + 2;
+        assert!(ok, "reload {i} failed: {err}");
+        assert!(
+            out.contains(&format!("generation {generation} is serving as pid")),
+            "{out}"
+        );
+        eventually(
+            &format!("a reply from generation {generation}"),
+            LONG,
+            || {
+                let body = http_get(addr).ok()?;
+                (identity(&body).0 == generation && body.starts_with(banner)).then_some(())
+            },
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let (total, banners, failures) = &*results.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(*total >= 100, "only {total} requests made");
+    for banner in ["build-a", "build-b"] {
+        assert!(banners.iter().any(|b| b == banner), "{banner} never served");
+    }
+}
+
+#[test]
+fn ticker_reloads_and_the_command_names_the_new_supervisor() {
+    let dir = temp_dir();
+    let plugin = build_plugin("ticker", None, &dir.path().join("libticker.so"));
+    let (ticks, pid_file) = (dir.path().join("ticks.log"), dir.path().join("ticker.pid"));
+    let host = start_host(
+        dir.path(),
+        &[
+            "--plugin",
+            plugin.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "--",
+            ticks.to_str().unwrap(),
+        ],
+        &[],
+    );
+    host.wait_serving();
+    let old_worker = eventually("a tick", LONG, || tick_pids(&ticks).first().copied());
+    let (ok, out, err) = reload(&pid_file);
+    assert!(ok, "{err}");
+    let new_pid = pid_in(&pid_file).unwrap();
+    assert_ne!(new_pid, host.pid());
+    assert_eq!(
+        out.trim(),
+        format!(
+            "reloaded: generation 2 is serving as pid {new_pid} (was pid {})",
+            host.pid()
+        )
+    );
+    eventually("a tick from generation 2", LONG, || {
+        lines(&ticks)
+            .iter()
+            .any(|l| l.ends_with("gen=2"))
+            .then_some(())
+    });
+    let shutdown = format!("shutdown pid={old_worker}");
+    eventually("the old worker's shutdown line", LONG, || {
+        lines(&ticks).contains(&shutdown).then_some(())
+    });
+    eventually("the old supervisor to exit", LONG, || {
+        (!alive(host.pid())).then_some(())
+    });
+    let (status, out, _) =
+        host_command(&["status", "--pid-file", pid_file.to_str().unwrap()], LONG);
+    assert!(
+        status.success() && out.contains(&format!("pid {new_pid}, generation 2, serving")),
+        "{out}"
+    );
+}
+
+#[test]
+fn new_generation_sees_no_inherit_variables_and_its_workers_hold_no_lock() {
+    let dir = temp_dir();
+    let plugin = build_plugin("faulty", None, &dir.path().join("libfaulty.so"));
+    let (mode, pid_file) = (dir.path().join("mode"), dir.path().join("faulty.pid"));
+    std::fs::write(&mode, "serve").unwrap();
+    let host = start_host(
+        dir.path(),
+        &[
+            "--plugin",
+            plugin.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
+        &[("FAULTY_MODE_FILE", mode.to_str().unwrap())],
+    );
+    host.wait_serving();
+    let (ok, _, err) = reload(&pid_file);
+    assert!(ok, "{err}");
+    let events = dir.path().join("mode.events");
+    let start = eventually("generation 2 to start", LONG, || {
+        lines(&events)
+            .into_iter()
+            .find(|l| l.starts_with("start") && l.contains("gen=2"))
+    });
+    assert!(start.ends_with("inherited_vars=0"), "{start}");
+    let worker: u32 = start
+        .split("pid=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pid_path = std::fs::canonicalize(&pid_file).unwrap();
+    for fd in std::fs::read_dir(format!("/proc/{worker}/fd")).unwrap() {
+        let target = std::fs::read_link(fd.unwrap().path()).unwrap_or_default();
+        assert_ne!(target, pid_path, "worker {worker} holds the pid file open");
+    }
+}
+
+/// Starts hello-http, replaces the plugin with what `break_it` makes, and
+/// checks that the reload fails with `reason` while generation 1 keeps
+/// serving, and that the next reload (of a good plugin) works at once.
+fn assert_reload_fails(
+    extra: &[&str],
+    env: &[(&str, &str)],
+    break_it: impl FnOnce(&Path),
+    reason: &str,
+) {
+    let dir = temp_dir();
+    let service = start_service(dir.path(), extra, env);
+    let good = dir.path().join("good.so");
+    std::fs::copy(&service.plugin, &good).unwrap();
+    let addr = service.host.listen_addr();
+    let (_, worker) = identity(&http_get(addr).unwrap());
+
+    break_it(&service.plugin);
+    let (ok, out, err) = reload(&service.pid_file);
+    assert!(!ok, "the reload succeeded: {out}");
+    assert!(
+        err.contains("reload failed: ") && err.contains(reason),
+        "{reason:?} not in: {err}"
+    );
+    service.host.wait_for_log(&format!("reload failed: "), LONG);
+
+    assert_eq!(pid_in(&service.pid_file), Some(service.host.pid()));
+    assert_eq!(
+        identity(&http_get(addr).unwrap()),
+        (1, worker),
+        "generation 1 still serves"
+    );
+
+    copy_atomically(&good, &service.plugin);
+    let (ok, out, err) = reload(&service.pid_file);
+    assert!(ok, "the next reload failed: {err}");
+    assert!(out.contains("generation 2 is serving"), "{out}");
+    assert_eq!(identity(&http_get(addr).unwrap()).0, 2);
+}
+
+#[test]
+fn reload_to_a_corrupt_plugin_fails_and_the_old_generation_serves() {
+    assert_reload_fails(
+        &[],
+        &[],
+        |plugin| {
+            let bytes = std::fs::read(plugin).unwrap();
+            std::fs::write(plugin, &bytes[..4096]).unwrap(); // an ELF header, then nothing
+        },
+        "is truncated",
+    );
+}
+
+#[test]
+fn reload_to_an_abi_mismatched_plugin_fails_and_the_old_generation_serves() {
+    let dir = temp_dir();
+    let mismatch = build_plugin("abi-mismatch", None, &dir.path().join("mismatch.so"));
+    assert_reload_fails(
+        &[],
+        &[],
+        |plugin| copy_atomically(&mismatch, plugin),
+        "built against plugin-api 1.0.0",
+    );
+}
+
+#[test]
+fn reload_to_a_plugin_whose_constructor_panics_fails_and_the_old_generation_serves() {
+    let dir = temp_dir();
+    let faulty = build_plugin("faulty", None, &dir.path().join("faulty.so"));
+    let mode = dir.path().join("mode");
+    std::fs::write(&mode, "panic-in-new").unwrap();
+    assert_reload_fails(
+        &[],
+        &[("FAULTY_MODE_FILE", mode.to_str().unwrap())],
+        |plugin| copy_atomically(&faulty, plugin),
+        "the plugin constructor panicked at",
+    );
+}
+
+#[test]
+fn reload_to_a_plugin_that_hangs_before_ready_times_out_and_the_old_generation_serves() {
+    let dir = temp_dir();
+    let faulty = build_plugin("faulty", None, &dir.path().join("faulty.so"));
+    let mode = dir.path().join("mode");
+    std::fs::write(&mode, "hang-before-ready").unwrap();
+    assert_reload_fails(
+        &["--reload-timeout", "2"],
+        &[("FAULTY_MODE_FILE", mode.to_str().unwrap())],
+        |plugin| copy_atomically(&faulty, plugin),
+        "did not take over within 2s",
+    );
+    let events = lines(&dir.path().join("mode.events"));
+    let hung: Vec<u32> = events
+        .iter()
+        .filter(|l| l.contains("mode=hang-before-ready"))
+        .filter_map(|l| l.split("pid=").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(!hung.is_empty(), "the hanging worker started: {events:?}");
+    for pid in hung {
+        eventually("the hanging worker to be killed", LONG, || {
+            (!alive(pid)).then_some(())
+        });
+    }
+}
+
+#[test]
+fn killing_the_new_supervisor_mid_reload_leaves_the_old_serving() {
+    let dir = temp_dir();
+    let faulty = build_plugin("faulty", None, &dir.path().join("faulty.so"));
+    let mode = dir.path().join("mode");
+    std::fs::write(&mode, "hang-before-ready").unwrap();
+    let service = start_service(
+        dir.path(),
+        &[],
+        &[("FAULTY_MODE_FILE", mode.to_str().unwrap())],
+    );
+    let addr = service.host.listen_addr();
+    let (_, worker) = identity(&http_get(addr).unwrap());
+    copy_atomically(&faulty, &service.plugin);
+
+    signal(service.host.pid(), Signal::SIGUSR2);
+    let line = service
+        .host
+        .wait_for_log("generation 2 starting as pid ", LONG);
+    let new_supervisor: u32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let events = dir.path().join("mode.events");
+    let new_worker: u32 = eventually("the new worker to start", LONG, || {
+        lines(&events)
+            .first()?
+            .split("pid=")
+            .nth(1)?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    });
+    signal(new_supervisor, Signal::SIGKILL);
+
+    service.host.wait_for_log("reload failed: ", LONG);
+    eventually("the new worker to be gone", LONG, || {
+        (!alive(new_worker)).then_some(())
+    });
+    assert_eq!(identity(&http_get(addr).unwrap()), (1, worker));
+    assert_eq!(pid_in(&service.pid_file), Some(service.host.pid()));
+}
+
+#[test]
+fn sigusr2_storm_runs_one_reload_at_a_time_and_leaves_no_zombie() {
+    let dir = temp_dir();
+    let service = start_service(dir.path(), &[], &[]);
+    let addr = service.host.listen_addr();
+    for _ in 0..100 {
+        if let Some(pid) = pid_in(&service.pid_file) {
+            signal(pid, Signal::SIGUSR2);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Settle: the live supervisor serves and is not reloading.
+    let status_file = dir.path().join("hello.pid.status");
+    let live = eventually("the storm to settle", LONG, || {
+        let text = std::fs::read_to_string(&status_file).ok()?;
+        let pid = pid_in(&service.pid_file)?;
+        (text.contains("state=serving") && text.contains(&format!("pid={pid}\n"))).then_some(pid)
+    });
+    let generation = identity(&http_get(addr).unwrap()).0;
+    assert!(generation >= 2, "at least one reload happened");
+
+    // One reload at a time: each generation was started once, in order.
+    let log = service.host.log_text();
+    let starts: Vec<u64> = log
+        .lines()
+        .filter_map(|l| {
+            l.split("reload: generation ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(
+        starts,
+        (2..=generation).collect::<Vec<_>>(),
+        "generations started"
+    );
+    assert!(
+        log.contains("SIGUSR2 ignored"),
+        "some signals arrived during a reload"
+    );
+
+    // Every earlier supervisor is gone, and the live one has no zombie child.
+    for pid in service.host.pids() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if status.contains(&format!("PPid:\t{live}\n")) {
+            assert!(
+                alive(pid),
+                "pid {pid} is a zombie child of the live supervisor"
+            );
+        }
+    }
+    let supervisors: Vec<u32> = log
+        .lines()
+        .filter_map(|l| {
+            l.split(" supervisor[gen=")
+                .nth(1)?
+                .split("pid=")
+                .nth(1)?
+                .split(']')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    for pid in supervisors.into_iter().filter(|&pid| pid != live) {
+        eventually(&format!("old supervisor {pid} to exit"), LONG, || {
+            (!alive(pid)).then_some(())
+        });
+    }
+}
+
+#[test]
+fn plugin_that_cannot_hot_reload_ignores_sigusr2() {
+    let dir = temp_dir();
+    let plugin = build_plugin("faulty", None, &dir.path().join("libfaulty.so"));
+    let (mode, pid_file) = (dir.path().join("mode"), dir.path().join("faulty.pid"));
+    std::fs::write(&mode, "no-hot-reload").unwrap();
+    let host = start_host(
+        dir.path(),
+        &[
+            "--plugin",
+            plugin.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
+        &[("FAULTY_MODE_FILE", mode.to_str().unwrap())],
+    );
+    host.wait_serving();
+    let (ok, _, err) = reload(&pid_file);
+    assert!(!ok);
+    assert!(
+        err.contains("reload ignored: the plugin cannot hot-reload"),
+        "{err}"
+    );
+    signal(host.pid(), Signal::SIGUSR2);
+    host.wait_for_nth_log("SIGUSR2 ignored: the plugin cannot hot-reload", 2, LONG);
+    assert!(
+        !host.log_text().contains("starting as pid"),
+        "no new generation"
+    );
+    assert_eq!(pid_in(&pid_file), Some(host.pid()));
+    assert!(alive(host.pid()));
+}
+
+#[test]
+fn rebuilding_the_plugin_in_place_leaves_running_and_respawned_workers_alone() {
+    let dir = temp_dir();
+    let service = start_service(dir.path(), &["--respawn-delay", "0.1"], &[]);
+    let addr = service.host.listen_addr();
+    let (_, worker) = identity(&http_get(addr).unwrap());
+    // Rewrite the file in place, as a linker may: same inode, new bytes.
+    let len = std::fs::metadata(&service.plugin).unwrap().len() as usize;
+    std::fs::write(&service.plugin, vec![0xAB; len]).unwrap();
+    assert_eq!(
+        identity(&http_get(addr).unwrap()),
+        (1, worker),
+        "the running worker is untouched"
+    );
+    signal(worker, Signal::SIGKILL);
+    let respawned = eventually("a respawned worker to serve", LONG, || {
+        let (generation, pid) = identity(&http_get(addr).ok()?);
+        (pid != worker).then_some((generation, pid))
+    });
+    assert_eq!(
+        respawned.0, 1,
+        "the respawned worker runs the generation's snapshot"
+    );
+}
