@@ -236,7 +236,7 @@ fn assert_reload_fails(
         err.contains("reload failed: ") && err.contains(reason),
         "{reason:?} not in: {err}"
     );
-    service.host.wait_for_log(&format!("reload failed: "), LONG);
+    service.host.wait_for_log("reload failed: ", LONG);
 
     assert_eq!(pid_in(&service.pid_file), Some(service.host.pid()));
     assert_eq!(
