@@ -98,8 +98,8 @@ impl PidFile {
         let mut file = &self.file;
         file.set_len(0)?;
         file.rewind()?;
-        file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
-        file.sync_data()
+        // No fsync: a pid file only matters while its writer lives.
+        file.write_all(format!("{}\n", std::process::id()).as_bytes())
     }
 }
 

@@ -9,8 +9,9 @@
 //! process and never unloads it).
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
@@ -48,20 +49,16 @@ impl Snapshot {
                 "is a directory; pass the library file, e.g. target/release/libNAME.so".into(),
             ));
         }
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
-        file.read_to_end(&mut bytes)
-            .map_err(|e| bad(format!("cannot read: {e}")))?;
-        check_elf(&bytes).map_err(|problem| bad(problem.into()))?;
-
         let memfd = memfd_create(
             c"host-plugin",
             MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
         )
         .map_err(|e| bad(format!("cannot create the in-memory snapshot: {e}")))?;
+        // One copy, in the kernel (sendfile); the checks read only headers.
         let mut copy = File::from(memfd);
-        let mut file = File::open(path).map_err(|e| bad(format!("cannot reopen: {e}")))?;
-        io::copy(&mut file, &mut copy)
+        let len = io::copy(&mut file, &mut copy)
             .map_err(|e| bad(format!("cannot copy into the snapshot: {e}")))?;
+        check_elf(&copy, len).map_err(|problem| bad(problem.into()))?;
         let memfd = OwnedFd::from(copy);
         let seals = SealFlag::F_SEAL_SEAL
             | SealFlag::F_SEAL_SHRINK
@@ -90,51 +87,46 @@ impl Snapshot {
     }
 }
 
-/// Checks that `bytes` is a whole 64-bit little-endian ELF shared library:
-/// the header says so, and every program header and segment lies inside the
-/// file. (dlopen maps a truncated library without complaint, and the first
-/// access past its end kills the process with SIGBUS.)
-fn check_elf(bytes: &[u8]) -> Result<(), &'static str> {
-    const NOT_A_LIBRARY: &str = "is not a shared library (no ELF header); pass the .so that cargo builds for a cdylib crate";
+/// Checks that `file` (of `len` bytes) is a whole 64-bit little-endian ELF
+/// shared library: the header says so, and every program header and
+/// segment lies inside the file. (dlopen maps a truncated library without
+/// complaint, and the first access past its end kills the process with
+/// SIGBUS.)
+fn check_elf(file: &File, len: u64) -> Result<(), &'static str> {
+    const NOT_A_LIBRARY: &str =
+        "is not a shared library (no ELF header); pass the .so that cargo builds for a cdylib crate";
     const TRUNCATED: &str =
         "is truncated or corrupt (its ELF headers point past the end of the file); rebuild it";
-    if bytes.len() < 64 || !bytes.starts_with(ELF_MAGIC) {
+    let read = |at: u64, size: u64| -> Option<Vec<u8>> {
+        let end = at.checked_add(size).filter(|&end| end <= len)?;
+        let mut buf = vec![0; usize::try_from(end - at).ok()?];
+        file.read_exact_at(&mut buf, at).ok()?;
+        Some(buf)
+    };
+    let header = read(0, 64).ok_or(NOT_A_LIBRARY)?;
+    if !header.starts_with(ELF_MAGIC) {
         return Err(NOT_A_LIBRARY);
     }
-    if bytes[4] != ELFCLASS64 || bytes[5] != ELFDATA2LSB {
+    if header[4] != ELFCLASS64 || header[5] != ELFDATA2LSB {
         return Err("is an ELF file for another kind of machine (not 64-bit little-endian)");
     }
-    let u16_at = |at: usize| {
-        bytes
-            .get(at..at + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-    };
-    let u64_at = |at: usize| {
-        bytes
-            .get(at..at + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-    };
-    if u16_at(16) != Some(ET_DYN) {
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+    let u64_at =
+        |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    if u16_at(&header, 16) != ET_DYN {
         return Err("is an ELF file but not a shared library; build the plugin with crate-type = [\"cdylib\"]");
     }
-    let len = bytes.len() as u64;
     let (phoff, phentsize, phnum) = (
-        u64_at(32).ok_or(TRUNCATED)?,
-        u16_at(54).ok_or(TRUNCATED)?,
-        u16_at(56).ok_or(TRUNCATED)?,
+        u64_at(&header, 32),
+        u16_at(&header, 54),
+        u16_at(&header, 56),
     );
-    let table_end = u64::from(phentsize)
-        .checked_mul(u64::from(phnum))
-        .and_then(|size| size.checked_add(phoff));
-    if table_end.is_none_or(|end| end > len) || phentsize < 56 {
+    if phentsize < 56 {
         return Err(TRUNCATED);
     }
-    for i in 0..u64::from(phnum) {
-        let header = (phoff + i * u64::from(phentsize)) as usize;
-        let (offset, filesz) = (
-            u64_at(header + 8).ok_or(TRUNCATED)?,
-            u64_at(header + 32).ok_or(TRUNCATED)?,
-        );
+    let table = read(phoff, u64::from(phentsize) * u64::from(phnum)).ok_or(TRUNCATED)?;
+    for entry in table.chunks_exact(usize::from(phentsize)) {
+        let (offset, filesz) = (u64_at(entry, 8), u64_at(entry, 32));
         if offset.checked_add(filesz).is_none_or(|end| end > len) {
             return Err(TRUNCATED);
         }
@@ -145,18 +137,27 @@ fn check_elf(bytes: &[u8]) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::check_elf;
+    use std::io::Write;
+
+    fn check(bytes: &[u8]) -> Result<(), &'static str> {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        check_elf(&file, bytes.len() as u64)
+    }
 
     #[test]
-    fn the_host_binary_is_elf_but_not_a_library_and_truncation_is_caught() {
+    fn whole_libraries_pass_and_truncated_or_foreign_files_do_not() {
+        // Test binaries are position-independent executables: ET_DYN, like a library.
         let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
-        // Test binaries are position-independent executables: ET_DYN too,
-        // so they pass the type check; cutting one short must not.
-        assert!(check_elf(&exe).is_ok());
-        assert!(check_elf(&exe[..4096]).unwrap_err().contains("truncated"));
-        assert!(check_elf(
-            b"not an elf file at all, just some text that is long enough to be read"
-        )
-        .unwrap_err()
-        .contains("not a shared library"));
+        assert!(check(&exe).is_ok());
+        assert!(check(&exe[..4096]).unwrap_err().contains("truncated"));
+        assert!(
+            check(b"not an elf file at all, just some text that is long enough to be read")
+                .unwrap_err()
+                .contains("not a shared library")
+        );
+        assert!(check(b"\x7fELF")
+            .unwrap_err()
+            .contains("not a shared library"));
     }
 }

@@ -14,9 +14,10 @@
 //! 3. g+1 sends SIGQUIT to g and enters `TakingOver`. g tells its workers to
 //!    stop (they stop accepting at once and finish what they hold), sends
 //!    `Released` on the handover channel, and enters `Stopping`.
-//! 4. g+1, on `Released` (or on seeing g gone), writes the status file and
-//!    its pid into the pid file (whose lock it has shared since exec), sends
-//!    `Go` to its workers, and is `Serving`. g exits once its workers have.
+//! 4. g+1, on `Released` (or on seeing g gone), re-asserts the pid-file lock
+//!    (shared with g since exec, so it never lapses), writes its pid, sends
+//!    `Go` to its workers, writes the status file, and is `Serving`. g exits
+//!    once its workers have.
 //! 5. If g+1 fails first, it sends `Failed(reason)` and exits; g logs
 //!    `reload failed: <reason>` and is ready for the next SIGUSR2 at once.
 //!    If g hears nothing within `--reload-timeout`, or g+1 dies without a
@@ -174,6 +175,7 @@ impl Supervisor {
             .map(PidFile::acquire)
             .transpose()?;
         let snapshot = Snapshot::take(&config.plugin)?;
+        tracing::debug!("plugin snapshot taken at {:?}", started.elapsed());
         let listeners = Listeners::bind(&config.listen)?;
         Supervisor::new(config, 1, started, snapshot, listeners, pid_file)
     }
@@ -189,6 +191,7 @@ impl Supervisor {
         } = inherited;
         let setup = || {
             let snapshot = Snapshot::take(&config.plugin)?;
+            tracing::debug!("plugin snapshot taken at {:?}", started.elapsed());
             let listeners = Listeners::inherit(listeners)?;
             if listeners.len() != config.listen.len() {
                 return Err(Error::Inherit(format!(
@@ -554,7 +557,6 @@ impl Supervisor {
         let predecessor = self.predecessor.take();
         self.phase = Phase::Serving;
         self.owns_status = true;
-        self.write_status();
         if let Some(pid_file) = &self.pid_file {
             if let Err(e) = pid_file.take_over() {
                 tracing::error!("{e}");
@@ -565,6 +567,8 @@ impl Supervisor {
                 tracing::warn!("worker pid {}: cannot send Go: {e}", w.pid);
             }
         }
+        // After Go: nothing the workers wait for should come first.
+        self.write_status();
         match predecessor {
             Some(p) => tracing::info!(
                 "took over from pid {} in {:?}",

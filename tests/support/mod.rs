@@ -126,8 +126,8 @@ pub fn start_host(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Host {
     let log = dir.join(format!("host-{}.log", unique()));
     let child = Command::new(host_bin())
         .args(args)
-        .envs(env.iter().copied())
         .env("HOST_LOG", "debug")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(fs::File::create(&log).unwrap())
