@@ -2,7 +2,7 @@
 //! connection per request) while the host is hot-reloaded R times.
 //!
 //! ```text
-//! cargo bench -p host --bench reload -- [--clients 8] [--reloads 100] [--workers 2]
+//! cargo bench -p host --bench reload -- [--clients 8] [--reloads 100] [--workers 1]
 //! ```
 //!
 //! Prints requests made, requests failed (refused, reset, timed out, short
@@ -35,7 +35,7 @@ fn options() -> Options {
     let mut o = Options {
         clients: 8,
         reloads: 100,
-        workers: 2,
+        workers: 1,
     };
     let args: Vec<String> = std::env::args()
         .skip(1)

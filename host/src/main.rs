@@ -9,6 +9,7 @@ mod error;
 mod listeners;
 mod logging;
 mod pidfile;
+mod priority;
 mod reload;
 mod signals;
 mod snapshot;

@@ -19,14 +19,22 @@ use nix::unistd::{execve, fork, setpgid, ForkResult, Pid};
 
 use crate::channel::{Channel, Message};
 use crate::error::Error;
-use crate::signals;
+use crate::{priority, signals};
 
 const GENERATION: &str = "HOST_INHERIT_GENERATION";
 const LISTEN_FDS: &str = "HOST_INHERIT_LISTEN_FDS";
 const HANDOVER_FD: &str = "HOST_INHERIT_HANDOVER_FD";
 const PIDFILE_FD: &str = "HOST_INHERIT_PIDFILE_FD";
 const PREDECESSOR: &str = "HOST_INHERIT_PREDECESSOR";
-const ALL: [&str; 5] = [GENERATION, LISTEN_FDS, HANDOVER_FD, PIDFILE_FD, PREDECESSOR];
+const BASE_NICE: &str = "HOST_INHERIT_BASE_NICE";
+const ALL: [&str; 6] = [
+    GENERATION,
+    LISTEN_FDS,
+    HANDOVER_FD,
+    PIDFILE_FD,
+    PREDECESSOR,
+    BASE_NICE,
+];
 
 /// The `HOST_INHERIT_*` variables as found at start, before validation.
 #[derive(Debug, Default)]
@@ -52,6 +60,8 @@ pub fn take_inherited_env() -> Option<InheritedEnv> {
 /// What a new generation inherits from the one it replaces.
 pub struct Inherited {
     pub generation: u64,
+    /// The nice value to return to on taking over (see `priority`).
+    pub base_nice: i32,
     pub listeners: Vec<OwnedFd>,
     pub pid_file: Option<OwnedFd>,
     pub predecessor: Predecessor,
@@ -91,6 +101,7 @@ impl Inherited {
         let result = (|| -> Result<_, Error> {
             let generation = number(GENERATION, &get(GENERATION)?)?;
             let predecessor = number(PREDECESSOR, &get(PREDECESSOR)?)?;
+            let base_nice = number(BASE_NICE, &get(BASE_NICE)?)?;
             let listen = get(LISTEN_FDS)?;
             let listeners = listen
                 .split(',')
@@ -101,11 +112,12 @@ impl Inherited {
                 Ok(fd) => Some(adopt_fd(PIDFILE_FD, number(PIDFILE_FD, &fd)?)?),
                 Err(_) => None,
             };
-            Ok((generation, predecessor, listeners, pid_file))
+            Ok((generation, predecessor, base_nice, listeners, pid_file))
         })();
         match result {
-            Ok((generation, predecessor, listeners, pid_file)) => Ok(Inherited {
+            Ok((generation, predecessor, base_nice, listeners, pid_file)) => Ok(Inherited {
                 generation: generation as u64,
+                base_nice: base_nice as i32,
                 listeners,
                 pid_file,
                 predecessor: Predecessor {
@@ -156,6 +168,8 @@ pub struct Handoff<'a> {
     pub generation: u64,
     pub listener_fds: Vec<RawFd>,
     pub pid_file_fd: Option<RawFd>,
+    /// This generation's nice value, which the next returns to on taking over.
+    pub base_nice: i32,
 }
 
 /// Forks and execs the next generation. It runs in its own process group,
@@ -177,6 +191,7 @@ pub fn spawn(handoff: &Handoff<'_>) -> Result<Successor, Error> {
         (LISTEN_FDS, listen),
         (HANDOVER_FD, theirs.as_raw_fd().to_string()),
         (PREDECESSOR, std::process::id().to_string()),
+        (BASE_NICE, handoff.base_nice.to_string()),
     ];
     if let Some(fd) = handoff.pid_file_fd {
         vars.push((PIDFILE_FD, fd.to_string()));
@@ -219,6 +234,8 @@ pub fn spawn(handoff: &Handoff<'_>) -> Result<Successor, Error> {
                 // and clearing FD_CLOEXEC changes nothing else about them.
                 unsafe { libc::fcntl(*fd, libc::F_SETFD, 0) };
             }
+            // Start with a head start when allowed; nothing changes otherwise.
+            let _ = priority::set(0, handoff.base_nice - priority::BOOST);
             let _ = signals::restore(&mask);
             let err = execve(&path, &argv, &env).unwrap_err();
             let _ = theirs.send(&Message::Failed(format!(

@@ -42,6 +42,7 @@ use crate::error::Error;
 use crate::listeners::Listeners;
 use crate::logging::{self, Role};
 use crate::pidfile::PidFile;
+use crate::priority;
 use crate::reload::{self, Handoff, Inherited, InheritedEnv, Predecessor, Successor};
 use crate::signals::{self, Signals};
 use crate::snapshot::Snapshot;
@@ -157,6 +158,9 @@ struct Supervisor {
     inherited: bool,
     /// While a new generation: the one we replace, until it released.
     predecessor: Option<Predecessor>,
+    /// While boosted (a new generation starting, or an old one reloading,
+    /// see `priority`): the nice value to return to.
+    base_nice: Option<i32>,
     /// While reloading: the generation we started.
     successor: Option<Successor>,
     reloads: u64,
@@ -185,6 +189,7 @@ impl Supervisor {
         let started = Instant::now();
         let Inherited {
             generation,
+            base_nice,
             listeners,
             pid_file,
             predecessor,
@@ -216,6 +221,7 @@ impl Supervisor {
         }) {
             Ok(mut supervisor) => {
                 supervisor.predecessor = Some(predecessor);
+                supervisor.base_nice = Some(base_nice);
                 supervisor.inherited = true;
                 supervisor.owns_status = false;
                 Ok(supervisor)
@@ -253,6 +259,7 @@ impl Supervisor {
             can_hot_reload: None,
             inherited: false,
             predecessor: None,
+            base_nice: None,
             successor: None,
             reloads: 0,
             last_reload: String::new(),
@@ -372,6 +379,7 @@ impl Supervisor {
             plugin_args: &self.config.plugin_args,
             // A new generation lets its workers go only once it has taken over.
             go: !self.inherited || matches!(self.phase, Phase::Serving),
+            base_nice: self.base_nice,
         };
         let mask = signals::block_all().map_err(Error::os("cannot block signals"))?;
         // SAFETY: the supervisor is single-threaded, so the child is a
@@ -557,6 +565,7 @@ impl Supervisor {
         let predecessor = self.predecessor.take();
         self.phase = Phase::Serving;
         self.owns_status = true;
+        self.unboost();
         if let Some(pid_file) = &self.pid_file {
             if let Err(e) = pid_file.take_over() {
                 tracing::error!("{e}");
@@ -602,12 +611,19 @@ impl Supervisor {
             self.write_status();
             return;
         }
+        // The whole takeover runs with a head start, when allowed: our part
+        // of it too (handling SIGQUIT), and the new generation's start-up.
+        let base_nice = priority::current().unwrap_or(0);
+        if priority::set(0, base_nice - priority::BOOST).is_ok() {
+            self.base_nice = Some(base_nice);
+        }
         let handoff = Handoff {
             exe: &self.config.exe,
             args: &self.config.args,
             generation: self.generation + 1,
             listener_fds: self.listeners.raw_fds(),
             pid_file_fd: self.pid_file.as_ref().map(|p| p.as_fd().as_raw_fd()),
+            base_nice,
         };
         match reload::spawn(&handoff) {
             Ok(successor) => {
@@ -638,6 +654,15 @@ impl Supervisor {
         }
     }
 
+    /// Returns to the nice value from before a boost.
+    fn unboost(&mut self) {
+        if let Some(nice) = self.base_nice.take() {
+            if let Err(e) = priority::set(0, nice) {
+                tracing::warn!("cannot return to nice {nice}: {e}");
+            }
+        }
+    }
+
     /// Kills the whole new generation (its own process group).
     fn kill_successor(&self) {
         if let Some(s) = &self.successor {
@@ -647,6 +672,7 @@ impl Supervisor {
 
     fn reload_failed(&mut self, reason: String) {
         self.successor = None;
+        self.unboost();
         tracing::error!("reload failed: {reason}");
         self.last_reload = format!("failed: {reason}");
         self.write_status();

@@ -24,8 +24,8 @@ use plugin_api::ffi::{HostServices, HostServices_TO, PluginModuleRef, API_VERSIO
 
 use crate::channel::{Channel, Message, Received};
 use crate::logging::{self, Role};
-use crate::signals;
 use crate::snapshot::Snapshot;
+use crate::{priority, signals};
 
 /// Exit codes, for the supervisor's log.
 const EXIT_OK: i32 = 0;
@@ -42,6 +42,9 @@ pub struct Spec<'a> {
     pub plugin_args: &'a [String],
     /// Whether `ready_to_take_over` may return at once.
     pub go: bool,
+    /// The nice value to serve at, if the supervisor is boosted (see
+    /// `priority`): taken at `Go`, or at once if `go` is already true.
+    pub base_nice: Option<i32>,
 }
 
 /// The worker's whole life, in the forked child. Never returns.
@@ -61,7 +64,10 @@ fn live(channel: Channel, spec: Spec<'_>) -> i32 {
             return EXIT_SETUP_FAILED;
         }
     };
-    let link = match Link::new(channel, spec.go) {
+    if let Some(nice) = spec.base_nice.filter(|_| spec.go) {
+        let _ = priority::set(0, nice);
+    }
+    let link = match Link::new(channel, spec.go, spec.base_nice) {
         Ok(link) => Arc::new(link),
         Err((channel, e)) => {
             let _ = channel.send(&Message::Failed(format!("worker setup failed: {e}")));
@@ -205,6 +211,8 @@ struct Link {
     changed: Condvar,
     stop_read: OwnedFd,
     stop_write: OwnedFd,
+    /// See `Spec::base_nice`.
+    base_nice: Option<i32>,
 }
 
 #[derive(Default)]
@@ -215,7 +223,11 @@ struct LinkState {
 }
 
 impl Link {
-    fn new(channel: Channel, go: bool) -> Result<Link, (Channel, nix::Error)> {
+    fn new(
+        channel: Channel,
+        go: bool,
+        base_nice: Option<i32>,
+    ) -> Result<Link, (Channel, nix::Error)> {
         let (stop_read, stop_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
             Ok(pipe) => pipe,
             Err(e) => return Err((channel, e)),
@@ -230,6 +242,7 @@ impl Link {
             changed: Condvar::new(),
             stop_read,
             stop_write,
+            base_nice,
         })
     }
 
@@ -264,6 +277,11 @@ impl Link {
             if fds[0].any().unwrap_or(false) {
                 match self.channel.try_recv() {
                     Ok(Received::Message(Message::Go)) => {
+                        if let Some(nice) = self.base_nice {
+                            if let Err(e) = priority::set_all_threads(nice) {
+                                tracing::warn!("cannot return to nice {nice}: {e}");
+                            }
+                        }
                         self.update(|s| s.go = true);
                     }
                     Ok(Received::Message(Message::Stop)) => {

@@ -1,0 +1,49 @@
+//! CPU priority for a new generation's start-up.
+//!
+//! On a busy machine, a new generation competes for CPU with the old one,
+//! which is serving at full tilt, so its few milliseconds of start-up work
+//! (exec, copying and loading the plugin) stretch to tens. When the host is
+//! allowed to (root, or CAP_SYS_NICE, or RLIMIT_NICE), the new generation
+//! starts [`BOOST`] nice levels above the old one and drops back to the old
+//! level the moment it takes over; without the privilege it simply starts
+//! at the same level. Linux keeps the nice value per thread, so a worker
+//! resets every one of its threads.
+
+use std::io;
+
+/// How many nice levels a starting generation is raised by.
+pub const BOOST: i32 = 10;
+
+/// This thread's nice value.
+pub fn current() -> io::Result<i32> {
+    // getpriority can return -1 as a value: errno tells an error apart.
+    // SAFETY: errno is thread-local; writing it is how the C API is used.
+    unsafe { *libc::__errno_location() = 0 };
+    // SAFETY: plain system call on this thread; no memory is passed.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() != Some(0) && nice == -1 => Err(e),
+        _ => Ok(nice),
+    }
+}
+
+/// Sets the nice value of thread `tid` (0: the calling thread).
+pub fn set(tid: i32, nice: i32) -> io::Result<()> {
+    let who =
+        libc::id_t::try_from(tid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: plain system call; no memory is passed.
+    match unsafe { libc::setpriority(libc::PRIO_PROCESS, who, nice) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Sets the nice value of every thread of this process.
+pub fn set_all_threads(nice: i32) -> io::Result<()> {
+    for task in std::fs::read_dir("/proc/self/task")? {
+        if let Some(tid) = task?.file_name().to_str().and_then(|t| t.parse().ok()) {
+            set(tid, nice)?;
+        }
+    }
+    Ok(())
+}
