@@ -58,6 +58,11 @@ fn worker_serves_http_with_its_identity() {
         status.contains(&format!("PPid:\t{}", host.pid())),
         "the worker is the supervisor's child"
     );
+    // The plugin's own tracing events come out of the host's log, tagged.
+    host.wait_for_log(
+        &format!("worker[gen=1 pid={worker}]: hello_http: serving on 1 listener(s)"),
+        LONG,
+    );
 }
 
 #[test]
