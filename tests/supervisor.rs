@@ -278,3 +278,48 @@ fn status_and_stop_commands_control_a_running_host() {
     assert!(!after.status.success());
     assert!(String::from_utf8_lossy(&after.stderr).contains("no host is running"));
 }
+
+#[test]
+fn worker_that_ignores_the_stop_is_killed_after_the_shutdown_timeout() {
+    let dir = temp_dir();
+    let plugin = build_plugin("faulty", None, &dir.path().join("libfaulty.so"));
+    let mode = dir.path().join("mode");
+    std::fs::write(&mode, "ignore-stop").unwrap();
+    let mut host = start_host(
+        dir.path(),
+        &[
+            "--plugin",
+            plugin.to_str().unwrap(),
+            "--shutdown-timeout",
+            "0.5",
+        ],
+        &[("FAULTY_MODE_FILE", mode.to_str().unwrap())],
+    );
+    host.wait_serving();
+    let events = dir.path().join("mode.events");
+    let worker: u32 = eventually("the worker to start", LONG, || {
+        lines(&events)
+            .first()?
+            .split("pid=")
+            .nth(1)?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    });
+    let stopped_at = Instant::now();
+    signal(host.pid(), Signal::SIGTERM);
+    assert_eq!(host.wait_exit(LONG).code(), Some(0));
+    let took = stopped_at.elapsed();
+    assert!(
+        took >= Duration::from_millis(500),
+        "exited after {took:?}, before the timeout"
+    );
+    assert!(!alive(worker));
+    assert!(host
+        .log_text()
+        .contains("workers did not stop within 500ms: killing them"));
+    assert!(host.log_text().contains(&format!(
+        "worker pid {worker} stopped (was killed by SIGKILL)"
+    )));
+}

@@ -57,6 +57,27 @@ pub fn take_inherited_env() -> Option<InheritedEnv> {
     (!found.0.is_empty()).then_some(found)
 }
 
+impl InheritedEnv {
+    /// Tells the previous generation why this one gives up before it could
+    /// even adopt what it inherited (its command line did not parse, say).
+    pub fn report_failure(&self, reason: &str) {
+        let fd = self.0.iter().find(|(name, _)| *name == HANDOVER_FD);
+        let Some(fd) = fd.and_then(|(_, v)| v.to_str()?.parse::<RawFd>().ok()) else {
+            return;
+        };
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        if fd <= 2 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return;
+        }
+        // SAFETY: the descriptor is open (checked above) and was passed to
+        // this process for exactly this channel; it is used once, just
+        // before the process exits, and not closed here.
+        let channel =
+            std::mem::ManuallyDrop::new(Channel::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }));
+        let _ = channel.send(&Message::Failed(reason.to_owned()));
+    }
+}
+
 /// What a new generation inherits from the one it replaces.
 pub struct Inherited {
     pub generation: u64,

@@ -2,26 +2,8 @@
 //! the ones that end, starts the next generation on SIGUSR2, steps aside
 //! when that generation is ready, and stops on SIGTERM/SIGINT.
 //!
-//! The hot-reload protocol, as the states below run it (generation g is the
-//! running one, g+1 the one SIGUSR2 starts):
-//!
-//! 1. g, `Serving`, gets SIGUSR2. Unless a reload is in flight or the plugin
-//!    said it cannot hot-reload, it forks and execs g+1 (`reload::spawn`),
-//!    handing over the listening sockets, the pid-file lock and one end of a
-//!    handover channel. g keeps serving.
-//! 2. g+1 starts in `Starting`: it copies the plugin, forks its workers, and
-//!    waits until every one has called `ready_to_take_over`.
-//! 3. g+1 sends SIGQUIT to g and enters `TakingOver`. g tells its workers to
-//!    stop (they stop accepting at once and finish what they hold), sends
-//!    `Released` on the handover channel, and enters `Stopping`.
-//! 4. g+1, on `Released` (or on seeing g gone), re-asserts the pid-file lock
-//!    (shared with g since exec, so it never lapses), writes its pid, sends
-//!    `Go` to its workers, writes the status file, and is `Serving`. g exits
-//!    once its workers have.
-//! 5. If g+1 fails first, it sends `Failed(reason)` and exits; g logs
-//!    `reload failed: <reason>` and is ready for the next SIGUSR2 at once.
-//!    If g hears nothing within `--reload-timeout`, or g+1 dies without a
-//!    word, g kills g+1's whole process group and carries on.
+//! The hot-reload protocol it runs is described in the crate docs (`main.rs`),
+//! step by step, in terms of the `Phase` states below.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;

@@ -8,7 +8,8 @@
 //! - `error-in-new` / `panic-in-new`: the constructor fails / panics;
 //! - `panic-in-run`: `supervised_process` panics after `ready_to_take_over`;
 //! - `exit-in-run`: the worker process exits with status 7;
-//! - `hang-before-ready`: never calls `ready_to_take_over` (but stops when asked).
+//! - `hang-before-ready`: never calls `ready_to_take_over` (but stops when asked);
+//! - `ignore-stop`: never returns from `supervised_process`.
 //!
 //! Every start and every shutdown appends a line to `FAULTY_MODE_FILE.events`,
 //! with the mode, the worker's pid and generation, and how many `HOST_INHERIT_*`
@@ -75,6 +76,9 @@ impl SupervisedProcess for Faulty {
         match self.mode.as_str() {
             "panic-in-run" => panic!("told to panic (mode panic-in-run)"),
             "exit-in-run" => std::process::exit(7),
+            "ignore-stop" => loop {
+                std::thread::sleep(Duration::from_millis(5));
+            },
             _ => {}
         }
         while sup.ping_supervisor() {
