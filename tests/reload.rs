@@ -174,38 +174,24 @@ fn ticker_reloads_and_the_command_names_the_new_supervisor() {
 #[test]
 fn new_generation_sees_no_inherit_variables_and_its_workers_hold_no_lock() {
     let dir = temp_dir();
-    let plugin = build_plugin("faulty", None, &dir.path().join("libfaulty.so"));
-    let (mode, pid_file) = (dir.path().join("mode"), dir.path().join("faulty.pid"));
-    std::fs::write(&mode, "serve").unwrap();
-    let host = start_host(
+    let pid_file = dir.path().join("faulty.pid");
+    let faulty = start_faulty(
         dir.path(),
-        &[
-            "--plugin",
-            plugin.to_str().unwrap(),
-            "--pid-file",
-            pid_file.to_str().unwrap(),
-        ],
-        &[("FAULTY_MODE_FILE", mode.to_str().unwrap())],
+        "serve",
+        &["--pid-file", pid_file.to_str().unwrap()],
     );
-    host.wait_serving();
     let (ok, _, err) = reload(&pid_file);
     assert!(ok, "{err}");
-    let events = dir.path().join("mode.events");
-    let start = eventually("generation 2 to start", LONG, || {
-        lines(&events)
-            .into_iter()
-            .find(|l| l.starts_with("start") && l.contains("gen=2"))
+    let worker = eventually("generation 2 to start", LONG, || {
+        faulty_pids(&faulty.events, "gen=2 inherited_vars=0")
+            .first()
+            .copied()
     });
-    assert!(start.ends_with("inherited_vars=0"), "{start}");
-    let worker: u32 = start
-        .split("pid=")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let events = lines(&faulty.events);
+    assert!(
+        events.iter().all(|l| l.ends_with("inherited_vars=0")),
+        "a worker sees HOST_INHERIT_*: {events:?}"
+    );
     let pid_path = std::fs::canonicalize(&pid_file).unwrap();
     for fd in std::fs::read_dir(format!("/proc/{worker}/fd")).unwrap() {
         let target = std::fs::read_link(fd.unwrap().path()).unwrap_or_default();
@@ -303,13 +289,8 @@ fn reload_to_a_plugin_that_hangs_before_ready_times_out_and_the_old_generation_s
         |plugin| copy_atomically(&faulty, plugin),
         "did not take over within 2s",
     );
-    let events = lines(&dir.path().join("mode.events"));
-    let hung: Vec<u32> = events
-        .iter()
-        .filter(|l| l.contains("mode=hang-before-ready"))
-        .filter_map(|l| l.split("pid=").nth(1)?.split(' ').next()?.parse().ok())
-        .collect();
-    assert!(!hung.is_empty(), "the hanging worker started: {events:?}");
+    let hung = faulty_pids(&dir.path().join("mode.events"), "mode=hang-before-ready");
+    assert!(!hung.is_empty(), "the hanging worker started");
     for pid in hung {
         eventually("the hanging worker to be killed", LONG, || {
             (!alive(pid)).then_some(())
@@ -338,15 +319,8 @@ fn killing_the_new_supervisor_mid_reload_leaves_the_old_serving() {
         .wait_for_log("generation 2 starting as pid ", LONG);
     let new_supervisor: u32 = line.rsplit(' ').next().unwrap().parse().unwrap();
     let events = dir.path().join("mode.events");
-    let new_worker: u32 = eventually("the new worker to start", LONG, || {
-        lines(&events)
-            .first()?
-            .split("pid=")
-            .nth(1)?
-            .split(' ')
-            .next()?
-            .parse()
-            .ok()
+    let new_worker = eventually("the new worker to start", LONG, || {
+        faulty_pids(&events, "start").first().copied()
     });
     signal(new_supervisor, Signal::SIGKILL);
 
@@ -435,20 +409,12 @@ fn sigusr2_storm_runs_one_reload_at_a_time_and_leaves_no_zombie() {
 #[test]
 fn plugin_that_cannot_hot_reload_ignores_sigusr2() {
     let dir = temp_dir();
-    let plugin = build_plugin("faulty", None, &dir.path().join("libfaulty.so"));
-    let (mode, pid_file) = (dir.path().join("mode"), dir.path().join("faulty.pid"));
-    std::fs::write(&mode, "no-hot-reload").unwrap();
-    let host = start_host(
+    let pid_file = dir.path().join("faulty.pid");
+    let Faulty { host, .. } = start_faulty(
         dir.path(),
-        &[
-            "--plugin",
-            plugin.to_str().unwrap(),
-            "--pid-file",
-            pid_file.to_str().unwrap(),
-        ],
-        &[("FAULTY_MODE_FILE", mode.to_str().unwrap())],
+        "no-hot-reload",
+        &["--pid-file", pid_file.to_str().unwrap()],
     );
-    host.wait_serving();
     let (ok, _, err) = reload(&pid_file);
     assert!(!ok);
     assert!(

@@ -177,19 +177,7 @@ fn sigterm_to_one_worker_shuts_it_down_and_respawns_it() {
 #[test]
 fn panicking_worker_is_logged_with_its_message_and_respawned() {
     let dir = temp_dir();
-    let plugin = build_plugin("faulty", None, &dir.path().join("libfaulty.so"));
-    let mode = dir.path().join("mode");
-    std::fs::write(&mode, "panic-in-run").unwrap();
-    let host = start_host(
-        dir.path(),
-        &[
-            "--plugin",
-            plugin.to_str().unwrap(),
-            "--respawn-delay",
-            "0.1",
-        ],
-        &[("FAULTY_MODE_FILE", mode.to_str().unwrap())],
-    );
+    let Faulty { host, .. } = start_faulty(dir.path(), "panic-in-run", &["--respawn-delay", "0.1"]);
     let line = host.wait_for_log("supervised_process panicked at", LONG);
     assert!(
         line.contains("told to panic (mode panic-in-run)") && line.contains("respawning in 100ms"),
@@ -282,30 +270,11 @@ fn status_and_stop_commands_control_a_running_host() {
 #[test]
 fn worker_that_ignores_the_stop_is_killed_after_the_shutdown_timeout() {
     let dir = temp_dir();
-    let plugin = build_plugin("faulty", None, &dir.path().join("libfaulty.so"));
-    let mode = dir.path().join("mode");
-    std::fs::write(&mode, "ignore-stop").unwrap();
-    let mut host = start_host(
-        dir.path(),
-        &[
-            "--plugin",
-            plugin.to_str().unwrap(),
-            "--shutdown-timeout",
-            "0.5",
-        ],
-        &[("FAULTY_MODE_FILE", mode.to_str().unwrap())],
-    );
-    host.wait_serving();
-    let events = dir.path().join("mode.events");
-    let worker: u32 = eventually("the worker to start", LONG, || {
-        lines(&events)
-            .first()?
-            .split("pid=")
-            .nth(1)?
-            .split(' ')
-            .next()?
-            .parse()
-            .ok()
+    let Faulty {
+        mut host, events, ..
+    } = start_faulty(dir.path(), "ignore-stop", &["--shutdown-timeout", "0.5"]);
+    let worker = eventually("the worker to start", LONG, || {
+        faulty_pids(&events, "start").first().copied()
     });
     let stopped_at = Instant::now();
     signal(host.pid(), Signal::SIGTERM);

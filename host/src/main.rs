@@ -2,7 +2,7 @@
 //! swaps in a rebuilt plugin with zero downtime. Each module below does one
 //! job; `supervisor` runs the show.
 //!
-//! The hot-reload protocol, as the states below run it (generation g is the
+//! The hot-reload protocol, in terms of `supervisor`'s `Phase` states (g is the
 //! running one, g+1 the one SIGUSR2 starts):
 //!
 //! 1. g, `Serving`, gets SIGUSR2. Unless a reload is in flight or the plugin

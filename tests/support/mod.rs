@@ -364,3 +364,42 @@ pub fn host_command(args: &[&str], timeout: Duration) -> (ExitStatus, String, St
 pub fn pid_in(pid_file: &Path) -> Option<u32> {
     fs::read_to_string(pid_file).ok()?.trim().parse().ok()
 }
+
+/// A host running the test-only `faulty` plugin.
+pub struct Faulty {
+    pub host: Host,
+    /// The file `faulty` reads its mode from (rewrite it before a reload).
+    pub mode: PathBuf,
+    /// The file `faulty` appends its start and shutdown events to.
+    pub events: PathBuf,
+}
+
+/// Starts `faulty` in `mode`, with `extra` host arguments, and waits until
+/// the host serves.
+pub fn start_faulty(dir: &Path, mode: &str, extra: &[&str]) -> Faulty {
+    let plugin = build_plugin("faulty", None, &dir.join("libfaulty.so"));
+    let mode_file = dir.join("mode");
+    fs::write(&mode_file, mode).unwrap();
+    let mut args = vec!["--plugin", plugin.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let host = start_host(
+        dir,
+        &args,
+        &[("FAULTY_MODE_FILE", mode_file.to_str().unwrap())],
+    );
+    host.wait_serving();
+    Faulty {
+        host,
+        events: dir.join("mode.events"),
+        mode: mode_file,
+    }
+}
+
+/// The worker pids in `faulty` event lines that contain `filter`, in order.
+pub fn faulty_pids(events: &Path, filter: &str) -> Vec<u32> {
+    lines(events)
+        .iter()
+        .filter(|l| l.contains(filter))
+        .filter_map(|l| l.split("pid=").nth(1)?.split(' ').next()?.parse().ok())
+        .collect()
+}
