@@ -345,13 +345,19 @@ fn sigusr2_storm_runs_one_reload_at_a_time_and_leaves_no_zombie() {
     }
     // Settle: the live supervisor serves and is not reloading.
     let status_file = dir.path().join("hello.pid.status");
-    let live = eventually("the storm to settle", LONG, || {
+    let (live, generation) = eventually("the storm to settle", LONG, || {
         let text = std::fs::read_to_string(&status_file).ok()?;
         let pid = pid_in(&service.pid_file)?;
-        (text.contains("state=serving") && text.contains(&format!("pid={pid}\n"))).then_some(pid)
+        let generation = text
+            .lines()
+            .find_map(|l| l.strip_prefix("generation=")?.parse::<u64>().ok())?;
+        (text.contains("state=serving") && text.contains(&format!("pid={pid}\n")))
+            .then_some((pid, generation))
     });
-    let generation = identity(&http_get(addr).unwrap()).0;
-    assert!(generation >= 2, "at least one reload happened");
+    let served_by = eventually("a reply from the live generation", LONG, || {
+        Some(identity(&http_get(addr).ok()?).0).filter(|&g| g == generation)
+    });
+    assert!(served_by >= 2, "at least one reload happened");
 
     // One reload at a time: each generation was started once, in order.
     let log = service.host.log_text();

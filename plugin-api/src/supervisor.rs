@@ -108,6 +108,11 @@ impl Supervisor {
                 }
                 return Err(err);
             }
+            // A stop wins over a waiting connection: it stays queued in the
+            // shared socket for the next generation to accept.
+            if fds.last().is_some_and(|stop| stop.revents != 0) {
+                return Ok(None);
+            }
             for (listener, pfd) in listeners.iter().zip(&fds) {
                 if pfd.revents == 0 {
                     continue;
