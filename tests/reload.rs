@@ -263,30 +263,32 @@ fn reload_to_an_abi_mismatched_plugin_fails_and_the_old_generation_serves() {
     );
 }
 
-#[test]
-fn reload_to_a_plugin_whose_constructor_panics_fails_and_the_old_generation_serves() {
+/// `assert_reload_fails` where the new plugin is `faulty` in `mode`;
+/// returns the test's directory, which holds faulty's event file.
+fn assert_reload_to_faulty_fails(mode: &str, extra: &[&str], reason: &str) -> tempfile::TempDir {
     let dir = temp_dir();
     let faulty = build_plugin("faulty", None, &dir.path().join("faulty.so"));
-    let mode = dir.path().join("mode");
-    std::fs::write(&mode, "panic-in-new").unwrap();
+    let mode_file = dir.path().join("mode");
+    std::fs::write(&mode_file, mode).unwrap();
     assert_reload_fails(
-        &[],
-        &[("FAULTY_MODE_FILE", mode.to_str().unwrap())],
+        extra,
+        &[("FAULTY_MODE_FILE", mode_file.to_str().unwrap())],
         |plugin| copy_atomically(&faulty, plugin),
-        "the plugin constructor panicked at",
+        reason,
     );
+    dir
+}
+
+#[test]
+fn reload_to_a_plugin_whose_constructor_panics_fails_and_the_old_generation_serves() {
+    assert_reload_to_faulty_fails("panic-in-new", &[], "the plugin constructor panicked at");
 }
 
 #[test]
 fn reload_to_a_plugin_that_hangs_before_ready_times_out_and_the_old_generation_serves() {
-    let dir = temp_dir();
-    let faulty = build_plugin("faulty", None, &dir.path().join("faulty.so"));
-    let mode = dir.path().join("mode");
-    std::fs::write(&mode, "hang-before-ready").unwrap();
-    assert_reload_fails(
+    let dir = assert_reload_to_faulty_fails(
+        "hang-before-ready",
         &["--reload-timeout", "2"],
-        &[("FAULTY_MODE_FILE", mode.to_str().unwrap())],
-        |plugin| copy_atomically(&faulty, plugin),
         "did not take over within 2s",
     );
     let hung = faulty_pids(&dir.path().join("mode.events"), "mode=hang-before-ready");
