@@ -252,6 +252,16 @@ fn reload_to_a_corrupt_plugin_fails_and_the_old_generation_serves() {
 }
 
 #[test]
+fn reload_to_a_missing_plugin_fails_and_the_old_generation_serves() {
+    assert_reload_fails(
+        &[],
+        &[],
+        |plugin| std::fs::remove_file(plugin).unwrap(),
+        "no such file",
+    );
+}
+
+#[test]
 fn reload_to_an_abi_mismatched_plugin_fails_and_the_old_generation_serves() {
     let dir = temp_dir();
     let mismatch = build_plugin("abi-mismatch", None, &dir.path().join("mismatch.so"));
@@ -461,5 +471,51 @@ fn rebuilding_the_plugin_in_place_leaves_running_and_respawned_workers_alone() {
     assert_eq!(
         respawned.0, 1,
         "the respawned worker runs the generation's snapshot"
+    );
+}
+
+#[test]
+fn reload_execs_a_rebuilt_host_binary_and_survives_a_missing_one() {
+    let dir = temp_dir();
+    let bin = dir.path().join("host");
+    copy_atomically(&host_bin(), &bin);
+    let plugin = build_plugin("ticker", None, &dir.path().join("libticker.so"));
+    let (ticks, pid_file) = (dir.path().join("ticks.log"), dir.path().join("ticker.pid"));
+    let args = [
+        "--plugin",
+        plugin.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+    ];
+    let host = start_host_from(
+        &bin,
+        dir.path(),
+        &[&args[..], &["--", ticks.to_str().unwrap()]].concat(),
+        &[],
+    );
+    host.wait_serving();
+
+    // Without the binary, the exec fails and the old generation carries on.
+    std::fs::remove_file(&bin).unwrap();
+    let (ok, _, err) = reload(&pid_file);
+    assert!(!ok);
+    assert!(
+        err.contains("reload failed: cannot exec") && err.contains("No such file"),
+        "{err}"
+    );
+    assert!(alive(host.pid()));
+    let worker = eventually("a tick", LONG, || tick_pids(&ticks).first().copied());
+    assert!(alive(worker), "the serving worker is untouched");
+
+    // A rebuilt binary (a new file at the same path) is what the next generation runs.
+    copy_atomically(&host_bin(), &bin);
+    let (ok, _, err) = reload(&pid_file);
+    assert!(ok, "{err}");
+    let new_pid = pid_in(&pid_file).unwrap();
+    let exe = std::fs::read_link(format!("/proc/{new_pid}/exe")).unwrap();
+    assert_eq!(
+        exe,
+        std::fs::canonicalize(&bin).unwrap(),
+        "the new generation runs the new file"
     );
 }

@@ -440,12 +440,8 @@ impl Supervisor {
             return;
         };
         // Its last words may still be unread.
-        while w.channel_open {
-            match w.channel.try_recv() {
-                Ok(Received::Message(Message::Failed(reason))) => w.failure = Some(reason),
-                Ok(Received::Message(_)) => {}
-                _ => w.channel_open = false,
-            }
+        if w.channel_open {
+            w.failure = last_failure(&w.channel).or(w.failure);
         }
         let how = describe(status);
         let because = w
@@ -764,12 +760,13 @@ impl Supervisor {
                 .position(|s| s.worker.as_ref().is_some_and(|w| w.pid == pid))
             {
                 self.worker_exited(slot, status);
-            } else if self.successor.as_ref().is_some_and(|s| s.pid == pid) {
+            } else if let Some(successor) = self.successor.as_ref().filter(|s| s.pid == pid) {
+                // It may have said why before exiting (a failed exec does).
+                let reason = last_failure(&successor.channel).unwrap_or_else(|| {
+                    format!("the new generation (pid {pid}) {}", describe(status))
+                });
                 self.kill_successor();
-                self.reload_failed(format!(
-                    "the new generation (pid {pid}) {}",
-                    describe(status)
-                ));
+                self.reload_failed(reason);
             } else {
                 tracing::debug!("reaped pid {pid} ({})", describe(status));
             }
@@ -836,6 +833,17 @@ impl Supervisor {
             tracing::warn!("cannot write the status file: {e}");
         }
     }
+}
+
+/// The reason in the last `Failed` message still unread on `channel`, if any.
+fn last_failure(channel: &Channel) -> Option<String> {
+    let mut reason = None;
+    while let Ok(Received::Message(message)) = channel.try_recv() {
+        if let Message::Failed(why) = message {
+            reason = Some(why);
+        }
+    }
+    reason
 }
 
 /// "exited with status 1", "was killed by SIGKILL".

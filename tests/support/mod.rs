@@ -118,13 +118,20 @@ pub struct Host {
     pub child: Child,
     pub log: PathBuf,
     pub exit: Option<ExitStatus>,
+    /// The binary it was started from.
+    bin: PathBuf,
 }
 
-/// Starts `host ARGS` with its stderr in `dir/host.log` and debug logging
+/// Starts `host ARGS` with its stderr in `dir/host-N.log` and debug logging
 /// (which names every process it starts, for cleanup).
 pub fn start_host(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Host {
+    start_host_from(&host_bin(), dir, args, env)
+}
+
+/// [`start_host`], from a given copy of the host binary.
+pub fn start_host_from(bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Host {
     let log = dir.join(format!("host-{}.log", unique()));
-    let child = Command::new(host_bin())
+    let child = Command::new(bin)
         .args(args)
         .env("HOST_LOG", "debug")
         .envs(env.iter().copied())
@@ -137,6 +144,7 @@ pub fn start_host(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Host {
         child,
         log,
         exit: None,
+        bin: bin.to_owned(),
     }
 }
 
@@ -241,11 +249,11 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        let host = host_bin();
+        let host = self.bin.to_string_lossy();
         for pid in self.pids() {
             // Only our own processes: a pid in the log may have been reused.
             let ours = fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|cmd| String::from_utf8_lossy(&cmd).contains(host.to_string_lossy().as_ref()))
+                .map(|cmd| String::from_utf8_lossy(&cmd).contains(host.as_ref()))
                 .unwrap_or(false);
             if ours {
                 signal(pid, Signal::SIGKILL);
