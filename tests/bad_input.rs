@@ -130,3 +130,14 @@ fn unknown_option() {
     let line = error_line(&["--plugin", "/x.so", "--frobnicate"], &[]);
     assert_mentions(&line, &["--frobnicate"]);
 }
+
+#[test]
+fn server_plugin_without_a_listen_address() {
+    let dir = temp_dir();
+    let lib = build_plugin("hello-http", None, &dir.path().join("libhello.so"));
+    let line = error_line(&["--plugin", lib.to_str().unwrap()], &[]);
+    assert_mentions(
+        &line,
+        &["hello-http needs a socket", "--listen 127.0.0.1:8080"],
+    );
+}

@@ -91,6 +91,8 @@ struct Worker {
     /// False once the worker closed its end: no more polling it.
     channel_open: bool,
     loaded: bool,
+    /// What its plugin said when loaded.
+    can_hot_reload: bool,
     ready: bool,
     /// The reason the worker gave for failing, if it did.
     failure: Option<String>,
@@ -104,8 +106,8 @@ struct Slot {
 }
 
 enum Phase {
-    /// Waiting for every first worker: to build its plugin (first
-    /// generation), or to call `ready_to_take_over` (a new generation).
+    /// Waiting for every first worker to call `ready_to_take_over` (in the
+    /// first generation, just to build its plugin if it cannot hot-reload).
     Starting,
     /// A new generation: SIGQUIT sent, waiting for the old one's `Released`.
     TakingOver,
@@ -380,6 +382,7 @@ impl Supervisor {
                     channel: ours,
                     channel_open: true,
                     loaded: false,
+                    can_hot_reload: false,
                     ready: false,
                     failure: None,
                     killed: false,
@@ -417,6 +420,7 @@ impl Supervisor {
         match message {
             Message::Loaded { can_hot_reload } => {
                 w.loaded = true;
+                w.can_hot_reload = can_hot_reload;
                 if self
                     .can_hot_reload
                     .is_some_and(|known| known != can_hot_reload)
@@ -484,7 +488,9 @@ impl Supervisor {
         let all =
             |f: fn(&Worker) -> bool| self.slots.iter().all(|s| s.worker.as_ref().is_some_and(f));
         if !self.inherited {
-            if all(|w| w.loaded) {
+            // Started once every plugin is built and, if it can hot-reload
+            // (and so calls ready_to_take_over), initialised.
+            if all(|w| w.loaded && (w.ready || !w.can_hot_reload)) {
                 self.phase = Phase::Serving;
                 self.write_status();
                 tracing::info!("serving, started in {:?}", self.started.elapsed());

@@ -35,8 +35,10 @@ impl Supervisor {
     /// elsewhere, or a stop was asked for): return from `supervised_process`.
     ///
     /// Plugins that can hot-reload must call it once, after initialising and
-    /// before serving: the new generation takes over only when every worker
-    /// has called it.
+    /// before serving: a generation counts as started only when every worker
+    /// has called it, and an error returned before that (a missing listener,
+    /// say) makes the first generation's host exit with that error, or a new
+    /// generation's reload fail with it.
     pub fn ready_to_take_over(&self) -> Result<(), String> {
         self.host
             .ready_to_take_over()
