@@ -125,7 +125,7 @@ fn ticker_reloads_and_the_command_names_the_new_supervisor() {
     let dir = temp_dir();
     let plugin = build_plugin("ticker", None, &dir.path().join("libticker.so"));
     let (ticks, pid_file) = (dir.path().join("ticks.log"), dir.path().join("ticker.pid"));
-    let host = start_host(
+    let mut host = start_host(
         dir.path(),
         &[
             "--plugin",
@@ -160,9 +160,11 @@ fn ticker_reloads_and_the_command_names_the_new_supervisor() {
     eventually("the old worker's shutdown line", LONG, || {
         lines(&ticks).contains(&shutdown).then_some(())
     });
-    eventually("the old supervisor to exit", LONG, || {
-        (!alive(host.pid())).then_some(())
-    });
+    assert_eq!(
+        host.wait_exit(LONG).code(),
+        Some(0),
+        "the old supervisor exits 0"
+    );
     let (status, out, _) =
         host_command(&["status", "--pid-file", pid_file.to_str().unwrap()], LONG);
     assert!(
