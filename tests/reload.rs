@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -181,17 +182,18 @@ fn new_generation_sees_no_inherit_variables_and_its_workers_hold_no_lock() {
         dir.path(),
         "serve",
         &["--pid-file", pid_file.to_str().unwrap()],
+        &[],
     );
     let (ok, _, err) = reload(&pid_file);
     assert!(ok, "{err}");
     let worker = eventually("generation 2 to start", LONG, || {
-        faulty_pids(&faulty.events, "gen=2 inherited_vars=0")
+        faulty_pids(&faulty.events, "gen=2 leaked_vars=0")
             .first()
             .copied()
     });
     let events = lines(&faulty.events);
     assert!(
-        events.iter().all(|l| l.ends_with("inherited_vars=0")),
+        events.iter().all(|l| l.ends_with("leaked_vars=0")),
         "a worker sees HOST_INHERIT_*: {events:?}"
     );
     let pid_path = std::fs::canonicalize(&pid_file).unwrap();
@@ -434,6 +436,7 @@ fn plugin_that_cannot_hot_reload_ignores_sigusr2() {
         dir.path(),
         "no-hot-reload",
         &["--pid-file", pid_file.to_str().unwrap()],
+        &[],
     );
     let (ok, _, err) = reload(&pid_file);
     assert!(!ok);
@@ -519,5 +522,50 @@ fn reload_execs_a_rebuilt_host_binary_and_survives_a_missing_one() {
         exe,
         std::fs::canonicalize(&bin).unwrap(),
         "the new generation runs the new file"
+    );
+}
+
+#[test]
+fn systemd_hears_ready_reloading_the_new_main_pid_and_stopping() {
+    let dir = temp_dir();
+    let socket = dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&socket).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut heard = Vec::new();
+    let mut wait_for = |needle: &str| {
+        eventually(&format!("systemd to hear {needle:?}"), LONG, || {
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = systemd.recv(&mut buf) {
+                heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            heard
+                .iter()
+                .position(|m| m.contains(needle))
+                .map(|i| heard.remove(i))
+        })
+    };
+    let pid_file = dir.path().join("faulty.pid");
+    let faulty = start_faulty(
+        dir.path(),
+        "serve",
+        &["--pid-file", pid_file.to_str().unwrap()],
+        &[("NOTIFY_SOCKET", socket.to_str().unwrap())],
+    );
+    assert!(wait_for("READY=1").contains("STATUS=serving (generation 1)"));
+
+    let (ok, _, err) = reload(&pid_file);
+    assert!(ok, "{err}");
+    let new_pid = pid_in(&pid_file).unwrap();
+    assert!(wait_for("RELOADING=1").contains("MONOTONIC_USEC="));
+    wait_for(&format!("MAINPID={new_pid}\nREADY=1"));
+
+    signal(new_pid, Signal::SIGTERM);
+    wait_for("STOPPING=1");
+    let events = lines(&faulty.events);
+    assert!(
+        !events.is_empty() && events.iter().all(|l| l.ends_with("leaked_vars=0")),
+        "{events:?}"
     );
 }

@@ -177,7 +177,8 @@ fn sigterm_to_one_worker_shuts_it_down_and_respawns_it() {
 #[test]
 fn panicking_worker_is_logged_with_its_message_and_respawned() {
     let dir = temp_dir();
-    let Faulty { host, .. } = start_faulty(dir.path(), "panic-in-run", &["--respawn-delay", "0.1"]);
+    let Faulty { host, .. } =
+        start_faulty(dir.path(), "panic-in-run", &["--respawn-delay", "0.1"], &[]);
     let line = host.wait_for_log("supervised_process panicked at", LONG);
     assert!(
         line.contains("told to panic (mode panic-in-run)") && line.contains("respawning in 100ms"),
@@ -272,7 +273,12 @@ fn worker_that_ignores_the_stop_is_killed_after_the_shutdown_timeout() {
     let dir = temp_dir();
     let Faulty {
         mut host, events, ..
-    } = start_faulty(dir.path(), "ignore-stop", &["--shutdown-timeout", "0.5"]);
+    } = start_faulty(
+        dir.path(),
+        "ignore-stop",
+        &["--shutdown-timeout", "0.5"],
+        &[],
+    );
     let worker = eventually("the worker to start", LONG, || {
         faulty_pids(&events, "start").first().copied()
     });

@@ -33,6 +33,7 @@ mod control;
 mod error;
 mod listeners;
 mod logging;
+mod notify;
 mod pidfile;
 mod priority;
 mod reload;

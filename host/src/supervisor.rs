@@ -23,6 +23,7 @@ use crate::cli::RunArgs;
 use crate::error::Error;
 use crate::listeners::Listeners;
 use crate::logging::{self, Role};
+use crate::notify;
 use crate::pidfile::PidFile;
 use crate::priority;
 use crate::reload::{self, Handoff, Inherited, InheritedEnv, Predecessor, Successor};
@@ -493,6 +494,7 @@ impl Supervisor {
             if all(|w| w.loaded && (w.ready || !w.can_hot_reload)) {
                 self.phase = Phase::Serving;
                 self.write_status();
+                notify::serving(self.generation);
                 tracing::info!("serving, started in {:?}", self.started.elapsed());
             }
             return;
@@ -562,6 +564,7 @@ impl Supervisor {
         }
         // After Go: nothing the workers wait for should come first.
         self.write_status();
+        notify::serving(self.generation);
         match predecessor {
             Some(p) => tracing::info!(
                 "took over from pid {} in {:?}",
@@ -616,6 +619,7 @@ impl Supervisor {
                     successor.generation,
                     successor.pid
                 );
+                notify::reloading(successor.generation);
                 self.successor = Some(successor);
                 self.write_status();
             }
@@ -658,6 +662,7 @@ impl Supervisor {
         self.successor = None;
         self.unboost();
         tracing::error!("reload failed: {reason}");
+        notify::reload_failed(&reason);
         self.last_reload = format!("failed: {reason}");
         self.write_status();
     }
@@ -674,6 +679,7 @@ impl Supervisor {
         );
         self.owns_status = false;
         self.last_reload = "ok".into();
+        notify::handed_over(successor.pid.as_raw() as u32, successor.generation);
         self.begin_stop(Ok(()));
         if let Err(e) = successor.channel.send(&Message::Released) {
             tracing::warn!("cannot tell the new generation it may go: {e}");
@@ -720,6 +726,9 @@ impl Supervisor {
             }
         }
         tracing::debug!("workers told to stop; killing any still alive in {timeout:?}");
+        if self.owns_status {
+            notify::stopping();
+        }
         self.phase = Phase::Stopping {
             deadline: Instant::now() + timeout,
             result,

@@ -128,6 +128,8 @@ fn live(channel: Channel, spec: Spec<'_>) -> i32 {
 /// Returns the signalfd that reports this worker's own SIGTERM and SIGINT.
 fn prepare(channel: &Channel, spec: &Spec<'_>) -> std::io::Result<SignalFd> {
     signals::reset_to_default()?;
+    // Only the supervisor talks to systemd. This process has one thread yet.
+    std::env::remove_var("NOTIFY_SOCKET");
     // SIGTERM is a graceful stop; it backs up the channel hang-up.
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
     if getppid() != spec.supervisor {

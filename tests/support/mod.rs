@@ -382,19 +382,17 @@ pub struct Faulty {
     pub events: PathBuf,
 }
 
-/// Starts `faulty` in `mode`, with `extra` host arguments, and waits until
-/// the host serves.
-pub fn start_faulty(dir: &Path, mode: &str, extra: &[&str]) -> Faulty {
+/// Starts `faulty` in `mode`, with `extra` host arguments and environment
+/// `env`, and waits until the host serves.
+pub fn start_faulty(dir: &Path, mode: &str, extra: &[&str], env: &[(&str, &str)]) -> Faulty {
     let plugin = build_plugin("faulty", None, &dir.join("libfaulty.so"));
     let mode_file = dir.join("mode");
     fs::write(&mode_file, mode).unwrap();
     let mut args = vec!["--plugin", plugin.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let host = start_host(
-        dir,
-        &args,
-        &[("FAULTY_MODE_FILE", mode_file.to_str().unwrap())],
-    );
+    let mut env = env.to_vec();
+    env.push(("FAULTY_MODE_FILE", mode_file.to_str().unwrap()));
+    let host = start_host(dir, &args, &env);
     host.wait_serving();
     Faulty {
         host,

@@ -12,8 +12,9 @@
 //! - `ignore-stop`: never returns from `supervised_process`.
 //!
 //! Every start and every shutdown appends a line to `FAULTY_MODE_FILE.events`,
-//! with the mode, the worker's pid and generation, and how many `HOST_INHERIT_*`
-//! variables the worker can see (there should be none).
+//! with the mode, the worker's pid and generation, and how many of the
+//! supervisor's own variables (`HOST_INHERIT_*`, `NOTIFY_SOCKET`) the worker
+//! can see (there should be none).
 
 use std::io::Write;
 use std::time::Duration;
@@ -48,8 +49,10 @@ impl Faulty {
     }
 
     fn event(&self, what: &str, generation: u64) {
-        let inherited = std::env::vars_os()
-            .filter(|(k, _)| k.to_string_lossy().starts_with("HOST_INHERIT_"))
+        let leaked = std::env::vars_os()
+            .filter(|(k, _)| {
+                k.to_string_lossy().starts_with("HOST_INHERIT_") || k == "NOTIFY_SOCKET"
+            })
             .count();
         let Some(path) = &self.events else { return };
         if let Ok(mut f) = std::fs::OpenOptions::new()
@@ -60,7 +63,7 @@ impl Faulty {
             let (mode, pid) = (&self.mode, std::process::id());
             let _ = writeln!(
                 f,
-                "{what} mode={mode} pid={pid} gen={generation} inherited_vars={inherited}"
+                "{what} mode={mode} pid={pid} gen={generation} leaked_vars={leaked}"
             );
         }
     }
