@@ -9,7 +9,9 @@
 //! - `panic-in-run`: `supervised_process` panics after `ready_to_take_over`;
 //! - `exit-in-run`: the worker process exits with status 7;
 //! - `hang-before-ready`: never calls `ready_to_take_over` (but stops when asked);
-//! - `ignore-stop`: never returns from `supervised_process`.
+//! - `ignore-stop`: never returns from `supervised_process`;
+//! - `ping-cost`: times 10 million `ping_supervisor` calls, records the cost
+//!   of one as a `ping ns=...` event, then serves.
 //!
 //! Every start and every shutdown appends a line to `FAULTY_MODE_FILE.events`,
 //! with the mode, the worker's pid and generation, and how many of the
@@ -79,6 +81,13 @@ impl SupervisedProcess for Faulty {
         match self.mode.as_str() {
             "panic-in-run" => panic!("told to panic (mode panic-in-run)"),
             "exit-in-run" => std::process::exit(7),
+            "ping-cost" => {
+                const CALLS: u32 = 10_000_000;
+                let started = std::time::Instant::now();
+                let alive = (0..CALLS).filter(|_| sup.ping_supervisor()).count();
+                let ns = started.elapsed().as_secs_f64() * 1e9 / f64::from(CALLS);
+                self.event(&format!("ping ns={ns:.2} alive={alive}"), self.generation);
+            }
             "ignore-stop" => loop {
                 std::thread::sleep(Duration::from_millis(5));
             },
