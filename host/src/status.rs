@@ -54,7 +54,8 @@ pub struct Status {
     pub state: State,
     /// Reloads this supervisor has been asked for (started, failed or ignored).
     pub reloads: u64,
-    /// The outcome of the last one: `ok`, `failed: ...` or `ignored: ...`; empty if none.
+    /// Why the last one did not happen (`failed: ...` or `ignored: ...`);
+    /// empty if none has failed. A successful reload writes a new status.
     pub last_reload: String,
     pub listen: Vec<String>,
 }

@@ -677,8 +677,8 @@ impl Supervisor {
             successor.generation,
             successor.pid
         );
+        // The status file is the new generation's from now on.
         self.owns_status = false;
-        self.last_reload = "ok".into();
         notify::handed_over(successor.pid.as_raw() as u32, successor.generation);
         self.begin_stop(Ok(()));
         if let Err(e) = successor.channel.send(&Message::Released) {
