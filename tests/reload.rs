@@ -569,3 +569,33 @@ fn systemd_hears_ready_reloading_the_new_main_pid_and_stopping() {
         "{events:?}"
     );
 }
+
+#[test]
+fn starting_with_reload_if_running_starts_or_reloads() {
+    let dir = temp_dir();
+    let plugin = build_plugin("ticker", None, &dir.path().join("libticker.so"));
+    let (ticks, pid_file) = (dir.path().join("ticks.log"), dir.path().join("ticker.pid"));
+    let args = [
+        "--plugin",
+        plugin.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "--reload-if-running",
+        "--",
+        ticks.to_str().unwrap(),
+    ];
+    // Nothing runs yet: it starts.
+    let first = start_host(dir.path(), &args, &[]);
+    first.wait_serving();
+    // Something runs: it reloads that instead, and says so.
+    let (status, out, err) = host_command(&args, LONG);
+    assert!(status.success(), "{err}");
+    let new_pid = pid_in(&pid_file).unwrap();
+    assert_eq!(
+        out.trim(),
+        format!(
+            "reloaded: generation 2 is serving as pid {new_pid} (was pid {})",
+            first.pid()
+        )
+    );
+}

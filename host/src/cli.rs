@@ -95,6 +95,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
     pub reload_timeout: Duration,
 
+    /// If a host already runs on --pid-file, hot-reload it instead of
+    /// failing (it keeps the arguments it was started with), and exit with
+    /// the outcome as `host reload` does. Otherwise start as usual.
+    #[arg(long, requires = "pid_file")]
+    pub reload_if_running: bool,
+
     /// Arguments for the plugin's constructor (write them after `--`).
     #[arg(last = true, value_name = "PLUGIN_ARGS")]
     pub plugin_args: Vec<String>,

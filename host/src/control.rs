@@ -45,7 +45,8 @@ fn signal(pid: u32, sig: Signal) -> Result<(), Error> {
         .map_err(|e| Error::Control(format!("cannot send {sig} to pid {pid}: {e}")))
 }
 
-fn reload(pid_file: &Path, timeout: Duration) -> Result<(), Error> {
+/// Hot-reloads the host running on `pid_file` and waits for the outcome.
+pub fn reload(pid_file: &Path, timeout: Duration) -> Result<(), Error> {
     let old = running_pid(pid_file)?;
     let status_path = status::path_for(pid_file);
     let before = status::read(&status_path)

@@ -20,6 +20,7 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR2};
 
 use crate::channel::{Channel, Message, Received};
 use crate::cli::RunArgs;
+use crate::control;
 use crate::error::Error;
 use crate::listeners::Listeners;
 use crate::logging::{self, Role};
@@ -41,6 +42,8 @@ pub struct Config {
     pub respawn_delay: Duration,
     pub shutdown_timeout: Duration,
     pub reload_timeout: Duration,
+    /// Reload a host already running on the pid file instead of failing.
+    pub reload_if_running: bool,
     pub plugin_args: Vec<String>,
     /// The host binary, resolved at start: a reload execs this path, so a
     /// rebuilt host is picked up too.
@@ -61,6 +64,7 @@ impl Config {
             respawn_delay: run.respawn_delay,
             shutdown_timeout: run.shutdown_timeout,
             reload_timeout: run.reload_timeout,
+            reload_if_running: run.reload_if_running,
             plugin_args: run.plugin_args,
             exe: std::env::current_exe()
                 .map_err(Error::os("cannot find the host binary's path"))?,
@@ -75,7 +79,14 @@ pub fn run(config: Config, inherited: Option<InheritedEnv>) -> Result<(), Error>
     let supervisor = match inherited {
         None => {
             logging::set_identity(Role::Supervisor, 1);
-            Supervisor::first(config)?
+            let (reload_if_running, timeout) = (config.reload_if_running, config.reload_timeout);
+            match Supervisor::first(config) {
+                Err(Error::AlreadyRunning { path, .. }) if reload_if_running => {
+                    // Give the running host its whole reload timeout, and some.
+                    return control::reload(&path, timeout + Duration::from_secs(30));
+                }
+                started => started?,
+            }
         }
         Some(env) => {
             let inherited = Inherited::adopt(env)?;
