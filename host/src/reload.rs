@@ -257,7 +257,9 @@ pub fn spawn(handoff: &Handoff<'_>) -> Result<Successor, Error> {
             }
             // Start with a head start when allowed; nothing changes otherwise.
             let _ = priority::set(0, handoff.base_nice - priority::BOOST);
-            let _ = signals::restore(&mask);
+            // Signals stay blocked across exec: one sent to the new host
+            // before it has handlers waits, rather than killing it outright
+            // (the new host unblocks them once its handlers are in place).
             let err = execve(&path, &argv, &env).unwrap_err();
             let _ = theirs.send(&Message::Failed(format!(
                 "cannot exec {}: {err}",

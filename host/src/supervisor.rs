@@ -216,6 +216,11 @@ impl Supervisor {
             Supervisor::new(config, generation, started, snapshot, listeners, pid_file)
         }) {
             Ok(mut supervisor) => {
+                // The previous generation exec'd us with every signal
+                // blocked; our handlers are installed now.
+                if let Err(e) = signals::restore(&nix::sys::signal::SigSet::empty()) {
+                    tracing::warn!("cannot unblock signals: {e}");
+                }
                 supervisor.predecessor = Some(predecessor);
                 supervisor.base_nice = Some(base_nice);
                 supervisor.inherited = true;
