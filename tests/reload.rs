@@ -124,20 +124,8 @@ fn twenty_reloads_between_two_builds_under_load_lose_no_request() {
 #[test]
 fn ticker_reloads_and_the_command_names_the_new_supervisor() {
     let dir = temp_dir();
-    let plugin = build_plugin("ticker", None, &dir.path().join("libticker.so"));
-    let (ticks, pid_file) = (dir.path().join("ticks.log"), dir.path().join("ticker.pid"));
-    let mut host = start_host(
-        dir.path(),
-        &[
-            "--plugin",
-            plugin.to_str().unwrap(),
-            "--pid-file",
-            pid_file.to_str().unwrap(),
-            "--",
-            ticks.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let pid_file = dir.path().join("ticker.pid");
+    let (mut host, ticks) = start_ticker(dir.path(), &["--pid-file", pid_file.to_str().unwrap()]);
     host.wait_serving();
     let old_worker = eventually("a tick", LONG, || tick_pids(&ticks).first().copied());
     let (ok, out, err) = reload(&pid_file);
@@ -484,19 +472,11 @@ fn reload_execs_a_rebuilt_host_binary_and_survives_a_missing_one() {
     let dir = temp_dir();
     let bin = dir.path().join("host");
     copy_atomically(&host_bin(), &bin);
-    let plugin = build_plugin("ticker", None, &dir.path().join("libticker.so"));
-    let (ticks, pid_file) = (dir.path().join("ticks.log"), dir.path().join("ticker.pid"));
-    let args = [
-        "--plugin",
-        plugin.to_str().unwrap(),
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-    ];
-    let host = start_host_from(
+    let pid_file = dir.path().join("ticker.pid");
+    let (host, ticks) = start_ticker_from(
         &bin,
         dir.path(),
-        &[&args[..], &["--", ticks.to_str().unwrap()]].concat(),
-        &[],
+        &["--pid-file", pid_file.to_str().unwrap()],
     );
     host.wait_serving();
 
@@ -573,22 +553,19 @@ fn systemd_hears_ready_reloading_the_new_main_pid_and_stopping() {
 #[test]
 fn starting_with_reload_if_running_starts_or_reloads() {
     let dir = temp_dir();
-    let plugin = build_plugin("ticker", None, &dir.path().join("libticker.so"));
-    let (ticks, pid_file) = (dir.path().join("ticks.log"), dir.path().join("ticker.pid"));
-    let args = [
-        "--plugin",
-        plugin.to_str().unwrap(),
+    let pid_file = dir.path().join("ticker.pid");
+    let extra = [
         "--pid-file",
         pid_file.to_str().unwrap(),
         "--reload-if-running",
-        "--",
-        ticks.to_str().unwrap(),
     ];
     // Nothing runs yet: it starts.
-    let first = start_host(dir.path(), &args, &[]);
+    let (first, _ticks) = start_ticker(dir.path(), &extra);
     first.wait_serving();
     // Something runs: it reloads that instead, and says so.
-    let (status, out, err) = host_command(&args, LONG);
+    let args = ticker_args(dir.path(), &extra);
+    let (status, out, err) =
+        host_command(&args.iter().map(String::as_str).collect::<Vec<_>>(), LONG);
     assert!(status.success(), "{err}");
     let new_pid = pid_in(&pid_file).unwrap();
     assert_eq!(

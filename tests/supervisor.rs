@@ -6,22 +6,12 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use support::*;
 
 const LONG: Duration = Duration::from_secs(20);
-
-fn start_ticker(dir: &Path, extra: &[&str]) -> (Host, std::path::PathBuf) {
-    let plugin = build_plugin("ticker", None, &dir.join("libticker.so"));
-    let ticks = dir.join("ticks.log");
-    let mut args = vec!["--plugin", plugin.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    args.extend(["--", ticks.to_str().unwrap()]);
-    (start_host(dir, &args, &[]), ticks)
-}
 
 #[test]
 fn worker_serves_http_with_its_identity() {

@@ -409,3 +409,26 @@ pub fn faulty_pids(events: &Path, filter: &str) -> Vec<u32> {
         .filter_map(|l| l.split("pid=").nth(1)?.split(' ').next()?.parse().ok())
         .collect()
 }
+
+/// Host arguments that run `ticker` (built into `dir`) with the host flags
+/// `extra`, ticking into `dir/ticks.log`.
+pub fn ticker_args(dir: &Path, extra: &[&str]) -> Vec<String> {
+    let plugin = build_plugin("ticker", None, &dir.join("libticker.so"));
+    let ticks = dir.join("ticks.log");
+    let mut args = vec!["--plugin".to_owned(), plugin.to_string_lossy().into_owned()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args.extend(["--".to_owned(), ticks.to_string_lossy().into_owned()]);
+    args
+}
+
+/// Starts `host` from `bin` with [`ticker_args`]; returns it and the tick file.
+pub fn start_ticker_from(bin: &Path, dir: &Path, extra: &[&str]) -> (Host, PathBuf) {
+    let args = ticker_args(dir, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (start_host_from(bin, dir, &args, &[]), dir.join("ticks.log"))
+}
+
+/// [`start_ticker_from`] the host binary cargo built.
+pub fn start_ticker(dir: &Path, extra: &[&str]) -> (Host, PathBuf) {
+    start_ticker_from(&host_bin(), dir, extra)
+}
