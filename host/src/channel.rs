@@ -7,6 +7,7 @@
 //! a supervisor, a worker or a new generation is noticed without any timer.
 
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
@@ -15,72 +16,202 @@ use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag
 /// Longest `Failed` reason sent; longer ones are cut.
 const MAX_TEXT: usize = 4096;
 
-/// One message on a channel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Message {
-    /// worker -> supervisor: the plugin is built; it says whether it can hot-reload.
-    Loaded { can_hot_reload: bool },
-    /// worker -> supervisor: the plugin called `ready_to_take_over`.
-    Ready,
-    /// supervisor -> worker: serve (`ready_to_take_over` returns Ok).
+/// supervisor -> worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToWorker {
+    /// Serve: `ready_to_take_over` returns Ok.
     Go,
-    /// supervisor -> worker: stop (`ping_supervisor` turns false).
-    Stop,
-    /// worker -> supervisor, or new generation -> old: why it is giving up.
+    /// Stop accepting, finish what you hold, return (`ping_supervisor` turns false).
+    Stop(StopReason),
+}
+
+/// Why a worker is told to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// A new generation took over.
+    Reload,
+    /// The host stops (an operator's signal, or its start failed).
+    Shutdown,
+}
+
+/// worker -> supervisor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FromWorker {
+    /// The plugin is built; it says whether it can hot-reload.
+    Loaded { can_hot_reload: bool },
+    /// The plugin called `ready_to_take_over`.
+    Ready,
+    /// Why the worker is giving up.
     Failed(String),
-    /// old generation -> new: my workers are told to stop; take over.
+}
+
+/// new generation -> the one it replaces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NewToOld {
+    /// Every worker is ready: step aside (stop accepting, answer `Released`).
+    ReadyToTakeOver,
+    /// Our workers got `Go` and serve: finish and exit.
+    TookOver,
+    /// This generation gives up, and why: carry on.
+    Failed(String),
+}
+
+/// old generation -> the one replacing it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OldToNew {
+    /// My workers stopped accepting; take over.
     Released,
+}
+
+/// A message type's encoding: one tag byte, then its payload.
+pub trait Wire: Sized {
+    fn encode(&self, buf: &mut Vec<u8>);
+    /// `None` for a frame that is not a message of this type.
+    fn decode(tag: u8, payload: &[u8]) -> Option<Self>;
+}
+
+fn push_text(buf: &mut Vec<u8>, text: &str) {
+    let mut end = text.len().min(MAX_TEXT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    buf.extend_from_slice(&text.as_bytes()[..end]);
+}
+
+fn text(payload: &[u8]) -> String {
+    String::from_utf8_lossy(payload).into_owned()
+}
+
+impl Wire for ToWorker {
+    fn encode(&self, buf: &mut Vec<u8>) {
+        match self {
+            ToWorker::Go => buf.push(b'G'),
+            ToWorker::Stop(StopReason::Reload) => buf.extend([b'S', b'r']),
+            ToWorker::Stop(StopReason::Shutdown) => buf.extend([b'S', b's']),
+        }
+    }
+
+    fn decode(tag: u8, payload: &[u8]) -> Option<Self> {
+        match (tag, payload) {
+            (b'G', []) => Some(ToWorker::Go),
+            (b'S', [b'r']) => Some(ToWorker::Stop(StopReason::Reload)),
+            (b'S', [b's']) => Some(ToWorker::Stop(StopReason::Shutdown)),
+            _ => None,
+        }
+    }
+}
+
+impl Wire for FromWorker {
+    fn encode(&self, buf: &mut Vec<u8>) {
+        match self {
+            FromWorker::Loaded { can_hot_reload } => buf.extend([b'L', u8::from(*can_hot_reload)]),
+            FromWorker::Ready => buf.push(b'R'),
+            FromWorker::Failed(reason) => {
+                buf.push(b'F');
+                push_text(buf, reason);
+            }
+        }
+    }
+
+    fn decode(tag: u8, payload: &[u8]) -> Option<Self> {
+        match (tag, payload) {
+            (b'L', [flag @ (0 | 1)]) => Some(FromWorker::Loaded {
+                can_hot_reload: *flag == 1,
+            }),
+            (b'R', []) => Some(FromWorker::Ready),
+            (b'F', reason) => Some(FromWorker::Failed(text(reason))),
+            _ => None,
+        }
+    }
+}
+
+impl Wire for NewToOld {
+    fn encode(&self, buf: &mut Vec<u8>) {
+        match self {
+            NewToOld::ReadyToTakeOver => buf.push(b'R'),
+            NewToOld::TookOver => buf.push(b'T'),
+            NewToOld::Failed(reason) => {
+                buf.push(b'F');
+                push_text(buf, reason);
+            }
+        }
+    }
+
+    fn decode(tag: u8, payload: &[u8]) -> Option<Self> {
+        match (tag, payload) {
+            (b'R', []) => Some(NewToOld::ReadyToTakeOver),
+            (b'T', []) => Some(NewToOld::TookOver),
+            (b'F', reason) => Some(NewToOld::Failed(text(reason))),
+            _ => None,
+        }
+    }
+}
+
+impl Wire for OldToNew {
+    fn encode(&self, buf: &mut Vec<u8>) {
+        match self {
+            OldToNew::Released => buf.push(b'H'),
+        }
+    }
+
+    fn decode(tag: u8, payload: &[u8]) -> Option<Self> {
+        match (tag, payload) {
+            (b'H', []) => Some(OldToNew::Released),
+            _ => None,
+        }
+    }
 }
 
 /// What a non-blocking receive found.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Received {
-    Message(Message),
+pub enum Received<M> {
+    Message(M),
     Empty,
     Closed,
 }
 
-/// One end of a channel.
+/// One end of a channel: sends `S`, receives `R`.
 #[derive(Debug)]
-pub struct Channel(OwnedFd);
+pub struct Channel<S, R> {
+    fd: OwnedFd,
+    types: PhantomData<fn(S) -> R>,
+}
 
-impl Channel {
+/// The supervisor's end of a worker channel.
+pub type ToWorkerEnd = Channel<ToWorker, FromWorker>;
+/// The worker's end.
+pub type WorkerEnd = Channel<FromWorker, ToWorker>;
+/// The new generation's end of the handover channel.
+pub type NewEnd = Channel<NewToOld, OldToNew>;
+/// The old generation's end.
+pub type OldEnd = Channel<OldToNew, NewToOld>;
+
+impl<S: Wire, R: Wire> Channel<S, R> {
     /// A connected pair, both ends close-on-exec.
-    pub fn pair() -> io::Result<(Channel, Channel)> {
+    pub fn pair() -> io::Result<(Channel<S, R>, Channel<R, S>)> {
         let (a, b) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
             None,
             SockFlag::SOCK_CLOEXEC,
         )?;
-        Ok((Channel(a), Channel(b)))
+        Ok((Channel::from_fd(a), Channel::from_fd(b)))
     }
 
     /// Adopts an inherited descriptor.
-    pub fn from_fd(fd: OwnedFd) -> Channel {
-        Channel(fd)
+    pub fn from_fd(fd: OwnedFd) -> Channel<S, R> {
+        Channel {
+            fd,
+            types: PhantomData,
+        }
     }
 
-    pub fn send(&self, message: &Message) -> io::Result<()> {
+    pub fn send(&self, message: &S) -> io::Result<()> {
         let mut buf = Vec::with_capacity(16);
-        match message {
-            Message::Loaded { can_hot_reload } => buf.extend([b'L', u8::from(*can_hot_reload)]),
-            Message::Ready => buf.push(b'R'),
-            Message::Go => buf.push(b'G'),
-            Message::Stop => buf.push(b'S'),
-            Message::Released => buf.push(b'H'),
-            Message::Failed(reason) => {
-                buf.push(b'F');
-                let mut end = reason.len().min(MAX_TEXT);
-                while !reason.is_char_boundary(end) {
-                    end -= 1;
-                }
-                buf.extend_from_slice(&reason.as_bytes()[..end]);
-            }
-        }
+        message.encode(&mut buf);
         loop {
             // MSG_NOSIGNAL: a dead peer is an error to handle, not a SIGPIPE.
-            match send(self.0.as_raw_fd(), &buf, MsgFlags::MSG_NOSIGNAL) {
+            match send(self.fd.as_raw_fd(), &buf, MsgFlags::MSG_NOSIGNAL) {
                 Ok(_) => return Ok(()),
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
@@ -89,20 +220,22 @@ impl Channel {
     }
 
     /// Receives one message without blocking.
-    pub fn try_recv(&self) -> io::Result<Received> {
+    pub fn try_recv(&self) -> io::Result<Received<R>> {
         self.recv_with(MsgFlags::MSG_DONTWAIT)
     }
 
     /// Receives one message, blocking until one arrives or the peer is gone.
     #[cfg(test)]
-    pub fn recv(&self) -> io::Result<Received> {
+    pub fn recv(&self) -> io::Result<Received<R>> {
         self.recv_with(MsgFlags::empty())
     }
 
-    fn recv_with(&self, flags: MsgFlags) -> io::Result<Received> {
-        let mut buf = [0u8; MAX_TEXT + 1];
+    fn recv_with(&self, flags: MsgFlags) -> io::Result<Received<R>> {
+        // One byte more than the longest valid frame, so MSG_TRUNC is not
+        // needed to tell an oversized frame apart: it decodes as garbage.
+        let mut buf = [0u8; MAX_TEXT + 2];
         let n = loop {
-            match recv(self.0.as_raw_fd(), &mut buf, flags) {
+            match recv(self.fd.as_raw_fd(), &mut buf, flags) {
                 Ok(n) => break n,
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => return Ok(Received::Empty),
@@ -113,38 +246,36 @@ impl Channel {
         if n == 0 {
             return Ok(Received::Closed);
         }
-        let message = match (buf[0], &buf[1..n]) {
-            (b'L', [flag]) => Message::Loaded {
-                can_hot_reload: *flag != 0,
-            },
-            (b'R', []) => Message::Ready,
-            (b'G', []) => Message::Go,
-            (b'S', []) => Message::Stop,
-            (b'H', []) => Message::Released,
-            (b'F', text) => Message::Failed(String::from_utf8_lossy(text).into_owned()),
-            (tag, rest) => {
-                return Err(io::Error::new(
+        let (tag, payload) = (buf[0], &buf[1..n]);
+        if payload.len() > MAX_TEXT {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("oversized channel message: {n} bytes"),
+            ));
+        }
+        R::decode(tag, payload)
+            .map(Received::Message)
+            .ok_or_else(|| {
+                io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(
                         "unknown channel message: tag {tag:#04x}, {} bytes",
-                        rest.len()
+                        payload.len()
                     ),
-                ))
-            }
-        };
-        Ok(Received::Message(message))
+                )
+            })
     }
 }
 
-impl AsFd for Channel {
+impl<S, R> AsFd for Channel<S, R> {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
+        self.fd.as_fd()
     }
 }
 
-impl AsRawFd for Channel {
+impl<S, R> AsRawFd for Channel<S, R> {
     fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
+        self.fd.as_raw_fd()
     }
 }
 
@@ -152,38 +283,78 @@ impl AsRawFd for Channel {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_message_round_trips() {
-        let (a, b) = Channel::pair().unwrap();
-        let all = [
-            Message::Loaded {
-                can_hot_reload: true,
-            },
-            Message::Loaded {
-                can_hot_reload: false,
-            },
-            Message::Ready,
-            Message::Go,
-            Message::Stop,
-            Message::Released,
-            Message::Failed("plugin panicked: ünïcode".into()),
-        ];
-        for m in &all {
+    fn round_trip<S, R>(a: &Channel<S, R>, b: &Channel<R, S>, all: &[S])
+    where
+        S: Wire + Clone + PartialEq + std::fmt::Debug,
+        R: Wire,
+    {
+        for m in all {
             a.send(m).unwrap();
             assert_eq!(b.recv().unwrap(), Received::Message(m.clone()));
         }
-        assert_eq!(b.try_recv().unwrap(), Received::Empty);
-        drop(a);
-        assert_eq!(b.try_recv().unwrap(), Received::Closed);
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let (sup, worker) = ToWorkerEnd::pair().unwrap();
+        round_trip(
+            &sup,
+            &worker,
+            &[
+                ToWorker::Go,
+                ToWorker::Stop(StopReason::Reload),
+                ToWorker::Stop(StopReason::Shutdown),
+            ],
+        );
+        round_trip(
+            &worker,
+            &sup,
+            &[
+                FromWorker::Loaded {
+                    can_hot_reload: true,
+                },
+                FromWorker::Loaded {
+                    can_hot_reload: false,
+                },
+                FromWorker::Ready,
+                FromWorker::Failed("plugin panicked: ünïcode".into()),
+            ],
+        );
+        let (new, old) = NewEnd::pair().unwrap();
+        round_trip(
+            &new,
+            &old,
+            &[
+                NewToOld::ReadyToTakeOver,
+                NewToOld::TookOver,
+                NewToOld::Failed("x".into()),
+            ],
+        );
+        round_trip(&old, &new, &[OldToNew::Released]);
+        assert_eq!(sup.try_recv().unwrap(), Received::Empty);
+        drop(worker);
+        assert_eq!(sup.try_recv().unwrap(), Received::Closed);
     }
 
     #[test]
     fn long_reasons_are_cut_on_a_char_boundary() {
-        let (a, b) = Channel::pair().unwrap();
-        a.send(&Message::Failed("é".repeat(MAX_TEXT))).unwrap();
-        let Received::Message(Message::Failed(text)) = b.recv().unwrap() else {
+        let (a, b) = WorkerEnd::pair().unwrap();
+        a.send(&FromWorker::Failed("é".repeat(MAX_TEXT))).unwrap();
+        let Received::Message(FromWorker::Failed(text)) = b.recv().unwrap() else {
             panic!("no Failed")
         };
         assert!(text.len() <= MAX_TEXT && text.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn garbage_frames_are_errors_not_messages() {
+        let (a, b) = WorkerEnd::pair().unwrap();
+        for frame in [&b"Z"[..], b"L\x07", b"Rx", b"Gx"] {
+            send(a.as_raw_fd(), frame, MsgFlags::empty()).unwrap();
+            let err = b.recv().unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        }
+        send(a.as_raw_fd(), &vec![b'F'; MAX_TEXT + 2], MsgFlags::empty()).unwrap();
+        assert_eq!(b.recv().unwrap_err().kind(), io::ErrorKind::InvalidData);
     }
 }

@@ -31,6 +31,7 @@ mod channel;
 mod cli;
 mod control;
 mod error;
+mod lifecycle;
 mod listeners;
 mod logging;
 mod notify;

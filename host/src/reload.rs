@@ -1,25 +1,26 @@
 //! Starting the next generation, and being started as one.
 //!
-//! The old supervisor forks; the child clears close-on-exec on exactly the
-//! descriptors the new generation must inherit (listening sockets, its end
-//! of the handover channel, the pid-file lock), names them in `HOST_INHERIT_*`
-//! variables, and execs the host binary resolved at start-up with the
-//! original arguments. The new host takes those variables out of its
-//! environment first thing, so no process it starts ever sees them.
+//! The old supervisor starts the host binary resolved at start-up, with the
+//! original arguments, through `std::process::Command`; between fork and
+//! exec the child clears close-on-exec on exactly the descriptors the new
+//! generation must inherit (listening sockets, its end of the handover
+//! channel, the pid-file lock), which `HOST_INHERIT_*` variables name. The
+//! new host takes those variables out of its environment first thing, so no
+//! process it starts ever sees them.
 
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::time::Instant;
+use std::process::Command;
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-use nix::unistd::{execve, fork, setpgid, ForkResult, Pid};
+use nix::unistd::Pid;
 
-use crate::channel::{Channel, Message};
+use crate::channel::{NewEnd, NewToOld, OldEnd};
 use crate::error::Error;
-use crate::{priority, signals};
+use crate::priority;
 
 const GENERATION: &str = "HOST_INHERIT_GENERATION";
 const LISTEN_FDS: &str = "HOST_INHERIT_LISTEN_FDS";
@@ -73,8 +74,8 @@ impl InheritedEnv {
         // this process for exactly this channel; it is used once, just
         // before the process exits, and not closed here.
         let channel =
-            std::mem::ManuallyDrop::new(Channel::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }));
-        let _ = channel.send(&Message::Failed(reason.to_owned()));
+            std::mem::ManuallyDrop::new(NewEnd::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }));
+        let _ = channel.send(&NewToOld::Failed(reason.to_owned()));
     }
 }
 
@@ -91,7 +92,7 @@ pub struct Inherited {
 /// The generation being replaced, as seen by its successor.
 pub struct Predecessor {
     pub pid: Pid,
-    pub channel: Channel,
+    pub channel: NewEnd,
 }
 
 impl Inherited {
@@ -115,7 +116,7 @@ impl Inherited {
         };
         // The handover channel first: if anything below fails, the old
         // generation should hear why.
-        let handover = Channel::from_fd(adopt_fd(
+        let handover = NewEnd::from_fd(adopt_fd(
             HANDOVER_FD,
             number(HANDOVER_FD, &get(HANDOVER_FD)?)?,
         )?);
@@ -147,7 +148,7 @@ impl Inherited {
                 },
             }),
             Err(e) => {
-                let _ = handover.send(&Message::Failed(e.to_string()));
+                let _ = handover.send(&NewToOld::Failed(e.to_string()));
                 Err(e)
             }
         }
@@ -177,9 +178,7 @@ fn adopt_fd(name: &str, fd: i64) -> Result<OwnedFd, Error> {
 /// A new generation started by this one, not yet in charge.
 pub struct Successor {
     pub pid: Pid,
-    pub generation: u64,
-    pub channel: Channel,
-    pub started: Instant,
+    pub channel: OldEnd,
 }
 
 /// What the next generation inherits, gathered by the supervisor.
@@ -193,13 +192,12 @@ pub struct Handoff<'a> {
     pub base_nice: i32,
 }
 
-/// Forks and execs the next generation. It runs in its own process group,
-/// so the whole generation can be killed at once if it fails to take over.
-/// A failed exec is reported over the handover channel; this generation
-/// keeps serving regardless.
+/// Starts the next generation. It runs in its own process group, so the
+/// whole generation can be killed at once if it fails to take over. A failed
+/// exec comes back as an error (`cannot exec <path>: <reason>`); this
+/// generation keeps serving regardless.
 pub fn spawn(handoff: &Handoff<'_>) -> Result<Successor, Error> {
-    let (ours, theirs) =
-        Channel::pair().map_err(Error::os("cannot create the handover channel"))?;
+    let (ours, theirs) = OldEnd::pair().map_err(Error::os("cannot create the handover channel"))?;
     let generation = handoff.generation;
     let listen = handoff
         .listener_fds
@@ -217,75 +215,66 @@ pub fn spawn(handoff: &Handoff<'_>) -> Result<Successor, Error> {
     if let Some(fd) = handoff.pid_file_fd {
         vars.push((PIDFILE_FD, fd.to_string()));
     }
-    // Everything exec needs is built before fork.
-    let cstring = |bytes: Vec<u8>| {
-        CString::new(bytes).map_err(|_| Error::Inherit("an argument contains a NUL byte".into()))
-    };
-    let path = cstring(handoff.exe.as_os_str().to_owned().into_vec())?;
-    let argv = handoff
-        .args
-        .iter()
-        .map(|a| cstring(a.clone().into_vec()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut env = std::env::vars_os()
-        .map(|(k, v)| {
-            let mut kv = k.into_vec();
-            kv.push(b'=');
-            kv.extend(v.into_vec());
-            cstring(kv)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    for (k, v) in &vars {
-        env.push(cstring(format!("{k}={v}").into_bytes())?);
-    }
+    // Everything the child needs is computed here, before the fork: the
+    // `pre_exec` closure below only reads these two values.
     let mut inherit = handoff.listener_fds.clone();
     inherit.push(theirs.as_raw_fd());
     inherit.extend(handoff.pid_file_fd);
+    let boosted = handoff.base_nice - priority::BOOST;
 
-    let mask = signals::block_all().map_err(Error::os("cannot block signals"))?;
-    // SAFETY: the supervisor is single-threaded, so the child is a faithful
-    // copy with no lock held by a vanished thread; it only adjusts
-    // descriptors and execs (or reports the failure and exits).
-    let forked = unsafe { fork() };
-    match forked {
-        Ok(ForkResult::Child) => {
-            let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
-            for fd in &inherit {
-                // SAFETY: these descriptors are open (the parent holds them)
-                // and clearing FD_CLOEXEC changes nothing else about them.
-                unsafe { libc::fcntl(*fd, libc::F_SETFD, 0) };
-            }
-            // Start with a head start when allowed; nothing changes otherwise.
-            let _ = priority::set(0, handoff.base_nice - priority::BOOST);
-            // Signals stay blocked across exec: one sent to the new host
-            // before it has handlers waits, rather than killing it outright
-            // (the new host unblocks them once its handlers are in place).
-            let err = execve(&path, &argv, &env).unwrap_err();
-            let _ = theirs.send(&Message::Failed(format!(
-                "cannot exec {}: {err}",
-                handoff.exe.display()
-            )));
-            // SAFETY: _exit skips the parent's atexit handlers and buffers,
-            // which this copy must not run.
-            unsafe { libc::_exit(127) }
-        }
-        Ok(ForkResult::Parent { child }) => {
-            // Also set here, so that a kill of the group can't race the child.
-            let _ = setpgid(child, child);
-            let _ = signals::restore(&mask);
-            Ok(Successor {
-                pid: child,
-                generation,
-                channel: ours,
-                started: Instant::now(),
-            })
-        }
-        Err(e) => {
-            let _ = signals::restore(&mask);
-            Err(Error::Os {
-                what: "cannot fork the new generation",
-                source: e.into(),
-            })
-        }
+    let mut command = Command::new(handoff.exe);
+    if let Some((arg0, rest)) = handoff.args.split_first() {
+        command.arg0(arg0).args(rest);
     }
+    // The current environment (inherited by default) plus ours.
+    command.envs(vars).process_group(0);
+    // Runs in the child between fork and exec (see the SAFETY note on
+    // `pre_exec` below): async-signal-safe calls only, no allocation, no
+    // lock, no logging; it only reads `inherit` and `boosted`.
+    let in_child = move || -> io::Result<()> {
+        // std empties the signal mask in the child before running this
+        // closure, so block everything again, first thing. Signals stay
+        // blocked across exec: one sent to the new host before it has
+        // handlers waits, rather than killing it outright (the new host
+        // unblocks them once its handlers are in place).
+        let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: both calls are async-signal-safe. sigfillset writes the
+        // whole set through a valid pointer to this stack local, so the set
+        // is initialised before pthread_sigmask reads it; no old mask is
+        // asked for (null pointer).
+        unsafe {
+            libc::sigfillset(all.as_mut_ptr());
+            libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), std::ptr::null_mut());
+        }
+        for &fd in &inherit {
+            // SAFETY: fcntl is async-signal-safe and takes no memory; these
+            // descriptors are open (the parent holds them), and clearing
+            // FD_CLOEXEC changes nothing else about them.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        }
+        // Start with a head start when allowed; nothing changes otherwise.
+        // (setpriority, plus reading errno on failure: no allocation.)
+        let _ = priority::set(0, boosted);
+        Ok(())
+    };
+    // SAFETY: the closure runs in the forked child of the supervisor, which
+    // is single-threaded, so the child is a faithful copy with no lock held
+    // by a vanished thread. Even so, the closure makes only
+    // async-signal-safe calls (sigfillset, pthread_sigmask, fcntl,
+    // setpriority), allocates nothing, takes no lock, logs nothing, and
+    // touches only data computed above, before the fork.
+    unsafe { command.pre_exec(in_child) };
+    // std reports a failed exec here, having reaped that child itself. On
+    // success, spawn returns only once the child has exec'd, so it is in its
+    // own process group before anyone can signal that group.
+    let child = command
+        .spawn()
+        .map_err(|e| Error::Control(format!("cannot exec {}: {e}", handoff.exe.display())))?;
+    // Our copy of the new generation's channel end closes here.
+    drop(theirs);
+    let pid = Pid::from_raw(child.id() as i32);
+    // Dropping a `Child` neither kills nor waits for it: the supervisor reaps
+    // every child itself with waitpid(-1).
+    drop(child);
+    Ok(Successor { pid, channel: ours })
 }

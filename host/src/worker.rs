@@ -22,7 +22,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::{getppid, Pid};
 use plugin_api::ffi::{HostServices, HostServices_TO, PluginModuleRef, API_VERSION};
 
-use crate::channel::{Channel, Message, Received};
+use crate::channel::{FromWorker, Received, StopReason, ToWorker, WorkerEnd};
 use crate::logging::{self, Role};
 use crate::snapshot::Snapshot;
 use crate::{priority, signals};
@@ -48,19 +48,19 @@ pub struct Spec<'a> {
 }
 
 /// The worker's whole life, in the forked child. Never returns.
-pub fn run(channel: Channel, spec: Spec<'_>) -> ! {
+pub fn run(channel: WorkerEnd, spec: Spec<'_>) -> ! {
     // Nothing may unwind out of here into the supervisor code we were forked from.
     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| live(channel, spec)))
         .unwrap_or(EXIT_SETUP_FAILED);
     std::process::exit(code)
 }
 
-fn live(channel: Channel, spec: Spec<'_>) -> i32 {
+fn live(channel: WorkerEnd, spec: Spec<'_>) -> i32 {
     logging::set_identity(Role::Worker, spec.generation);
     let signal_fd = match prepare(&channel, &spec) {
         Ok(fd) => fd,
         Err(e) => {
-            let _ = channel.send(&Message::Failed(format!("worker setup failed: {e}")));
+            let _ = channel.send(&FromWorker::Failed(format!("worker setup failed: {e}")));
             return EXIT_SETUP_FAILED;
         }
     };
@@ -70,7 +70,7 @@ fn live(channel: Channel, spec: Spec<'_>) -> i32 {
     let link = match Link::new(channel, spec.go, spec.base_nice) {
         Ok(link) => Arc::new(link),
         Err((channel, e)) => {
-            let _ = channel.send(&Message::Failed(format!("worker setup failed: {e}")));
+            let _ = channel.send(&FromWorker::Failed(format!("worker setup failed: {e}")));
             return EXIT_SETUP_FAILED;
         }
     };
@@ -107,7 +107,7 @@ fn live(channel: Channel, spec: Spec<'_>) -> i32 {
     let can_hot_reload = plugin.can_do_hot_reload();
     if link
         .channel
-        .send(&Message::Loaded { can_hot_reload })
+        .send(&FromWorker::Loaded { can_hot_reload })
         .is_err()
     {
         tracing::debug!("the supervisor is gone before the plugin ran");
@@ -126,7 +126,7 @@ fn live(channel: Channel, spec: Spec<'_>) -> i32 {
 
 /// The first steps after fork: signals, parent-death signal, descriptors.
 /// Returns the signalfd that reports this worker's own SIGTERM and SIGINT.
-fn prepare(channel: &Channel, spec: &Spec<'_>) -> std::io::Result<SignalFd> {
+fn prepare(channel: &WorkerEnd, spec: &Spec<'_>) -> std::io::Result<SignalFd> {
     signals::reset_to_default()?;
     // Only the supervisor talks to systemd. This process has one thread yet.
     std::env::remove_var("NOTIFY_SOCKET");
@@ -207,7 +207,7 @@ fn describe_load_error(err: &LibraryError, snapshot: &Snapshot) -> String {
 /// The worker's side of the supervisor channel, shared by the plugin's
 /// thread and the link thread.
 struct Link {
-    channel: Channel,
+    channel: WorkerEnd,
     stop: AtomicBool,
     state: Mutex<LinkState>,
     changed: Condvar,
@@ -226,10 +226,10 @@ struct LinkState {
 
 impl Link {
     fn new(
-        channel: Channel,
+        channel: WorkerEnd,
         go: bool,
         base_nice: Option<i32>,
-    ) -> Result<Link, (Channel, nix::Error)> {
+    ) -> Result<Link, (WorkerEnd, nix::Error)> {
         let (stop_read, stop_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
             Ok(pipe) => pipe,
             Err(e) => return Err((channel, e)),
@@ -278,7 +278,7 @@ impl Link {
             }
             if fds[0].any().unwrap_or(false) {
                 match self.channel.try_recv() {
-                    Ok(Received::Message(Message::Go)) => {
+                    Ok(Received::Message(ToWorker::Go)) => {
                         if let Some(nice) = self.base_nice {
                             if let Err(e) = priority::set_all_threads(nice) {
                                 tracing::warn!("cannot return to nice {nice}: {e}");
@@ -286,13 +286,13 @@ impl Link {
                         }
                         self.update(|s| s.go = true);
                     }
-                    Ok(Received::Message(Message::Stop)) => {
-                        return self.request_stop("the supervisor asked")
+                    Ok(Received::Message(ToWorker::Stop(reason))) => {
+                        return self.request_stop(match reason {
+                            StopReason::Reload => "a new generation took over",
+                            StopReason::Shutdown => "the host is stopping",
+                        })
                     }
                     Ok(Received::Closed) => return self.request_stop("the supervisor is gone"),
-                    Ok(Received::Message(other)) => {
-                        tracing::warn!("unexpected message from the supervisor: {other:?}")
-                    }
                     Ok(Received::Empty) => {}
                     Err(e) => {
                         return self.request_stop(&format!("the supervisor channel failed: {e}"))
@@ -320,7 +320,7 @@ impl Link {
         if !state.ready_sent {
             state.ready_sent = true;
             self.channel
-                .send(&Message::Ready)
+                .send(&FromWorker::Ready)
                 .map_err(|e| format!("cannot tell the supervisor: {e}"))?;
         }
         let state = self
@@ -336,7 +336,11 @@ impl Link {
 
     /// Reports a failure to the supervisor and returns the exit code.
     fn fail(&self, code: i32, reason: String) -> i32 {
-        if self.channel.send(&Message::Failed(reason.clone())).is_err() {
+        if self
+            .channel
+            .send(&FromWorker::Failed(reason.clone()))
+            .is_err()
+        {
             tracing::error!("{reason}");
         }
         code

@@ -1,0 +1,312 @@
+//! The life of one generation, as a pure state machine: [`Machine::handle`]
+//! takes an [`Event`] (a signal, a worker's message or exit, a word from the
+//! previous or next generation, a timer) and returns the [`Effect`]s the
+//! supervisor must perform (fork, send, kill, exec, write, exit). It makes no
+//! system call, so the table tests in `tests.rs` drive every transition
+//! without a process.
+//!
+//! The states, and the numbered steps of the reload protocol in the crate
+//! docs (`main.rs`) they carry out:
+//!
+//! - [`Life::Starting`]: workers forked, waiting until each is ready (1, 2).
+//! - [`Life::TakingOver`]: a new generation whose workers are all ready has
+//!   asked the previous one to step aside (3).
+//! - [`Life::Serving`], with a [`Reload`] in flight or not (1, 3, 4, 5).
+//! - [`Life::Stopping`], with its [`StopCause`] and deadline.
+
+#[cfg(test)]
+mod tests;
+mod transitions;
+
+use std::time::{Duration, Instant};
+
+use nix::unistd::Pid;
+
+use crate::channel::{FromWorker, NewToOld, StopReason, ToWorker};
+
+/// The user's timing settings, all bounded at parse time.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub respawn_delay: Duration,
+    pub shutdown_timeout: Duration,
+    pub reload_timeout: Duration,
+}
+
+/// Where a generation is in its life.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Life {
+    /// Waiting for every worker to be ready. `predecessor`: the generation
+    /// this one replaces, while it lives (none for the first generation).
+    Starting { predecessor: Option<Pid> },
+    /// Every worker is ready and the predecessor was asked to step aside;
+    /// waiting for its `Released`.
+    TakingOver { predecessor: Pid },
+    /// In charge; a reload may be in flight.
+    Serving { reload: Option<Reload> },
+    /// Workers told to stop; exits once all are gone.
+    Stopping {
+        cause: StopCause,
+        /// When the workers still alive get SIGKILL.
+        deadline: Instant,
+        /// Whether this generation writes the status file while it stops.
+        in_charge: bool,
+    },
+}
+
+/// A reload this generation started, not yet over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reload {
+    pub successor: Pid,
+    pub generation: u64,
+    pub started: Instant,
+    pub stage: ReloadStage,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadStage {
+    /// The next generation starts its workers; ours serve.
+    Starting,
+    /// It is ready and asked us to step aside: our workers stopped accepting
+    /// and drain; we wait for it to confirm that its workers serve.
+    Released,
+}
+
+/// Why a generation stops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopCause {
+    /// An operator's signal. A second one kills the workers at once.
+    Signal { name: &'static str },
+    /// The next generation took over; our workers finish what they hold.
+    HandedOver { successor: Pid },
+    /// This generation could not start (the host exits non-zero).
+    StartFailed(String),
+}
+
+/// A worker slot: `--workers` of them, each running one worker or waiting
+/// to respawn one.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Slot {
+    Empty { respawn_at: Option<Instant> },
+    Running(Worker),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Worker {
+    pub pid: Pid,
+    pub started: Instant,
+    pub state: WorkerState,
+    /// The reason it gave for failing, if it did.
+    pub failure: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerState {
+    Forked,
+    Loaded {
+        can_hot_reload: bool,
+    },
+    /// It called `ready_to_take_over`.
+    Ready,
+}
+
+/// A worker told to stop, finishing what it holds.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Draining {
+    pub pid: Pid,
+    pub failure: Option<String>,
+    pub killed: bool,
+}
+
+/// How a child process ended, as `waitpid` said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    /// "exited with status 1", "was killed by SIGKILL".
+    pub how: String,
+    /// Exited with status 0.
+    pub clean: bool,
+}
+
+/// Something that happened, for [`Machine::handle`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// SIGTERM, SIGINT or SIGQUIT: a graceful stop (whoever sent it).
+    StopSignal {
+        name: &'static str,
+    },
+    /// SIGUSR2.
+    ReloadSignal,
+    /// A worker was forked for `slot`, or could not be.
+    Forked {
+        slot: usize,
+        result: Result<Pid, String>,
+    },
+    Worker {
+        pid: Pid,
+        message: FromWorker,
+    },
+    WorkerExited {
+        pid: Pid,
+        exit: Exit,
+    },
+    /// The next generation was started, or could not be.
+    Spawned(Result<Pid, String>),
+    Successor(NewToOld),
+    /// The next generation's channel closed or its process ended.
+    SuccessorGone {
+        reason: String,
+    },
+    /// The previous generation answered our request: its workers stopped accepting.
+    Released,
+    /// The previous generation's channel closed: it is gone.
+    PredecessorGone,
+    /// Time passed: deadlines are checked.
+    Tick,
+}
+
+/// Something the supervisor must do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Fork a worker for `slot`; `go`: it may serve at once. Answer with `Event::Forked`.
+    ForkWorker {
+        slot: usize,
+        go: bool,
+    },
+    Send {
+        pid: Pid,
+        message: ToWorker,
+    },
+    Kill {
+        pid: Pid,
+    },
+    /// Start generation `generation`. Answer with `Event::Spawned`.
+    SpawnSuccessor {
+        generation: u64,
+    },
+    /// Tell the next generation its predecessor's workers stopped accepting.
+    Release,
+    /// Kill the next generation's whole process group.
+    KillSuccessor {
+        pid: Pid,
+    },
+    ToPredecessor(NewToOld),
+    /// Lock the pid file (again) and write our pid in it.
+    ClaimPidFile,
+    WriteStatus,
+    Notify(Notice),
+    /// Return to the nice value from before the reload's CPU head start.
+    Unboost,
+    Exit(Result<(), String>),
+}
+
+/// What systemd hears.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    Serving,
+    Reloading { generation: u64 },
+    ReloadFailed(String),
+    HandedOver { pid: Pid, generation: u64 },
+    Stopping,
+}
+
+/// One generation's supervisor state.
+#[derive(Debug)]
+pub struct Machine {
+    pub generation: u64,
+    pub timing: Timing,
+    pub life: Life,
+    pub slots: Vec<Slot>,
+    pub draining: Vec<Draining>,
+    /// What the plugin said when loaded (the latest worker's answer).
+    pub can_hot_reload: Option<bool>,
+    /// Whether this generation started under a predecessor.
+    pub inherited: bool,
+    pub started: Instant,
+    /// Reloads asked of this generation, and why the last did not happen.
+    pub reloads: u64,
+    pub last_reload: String,
+}
+
+impl Machine {
+    /// A generation about to fork its workers; `predecessor` is the one it
+    /// replaces. Call [`Machine::start`] next.
+    pub fn new(
+        generation: u64,
+        workers: usize,
+        timing: Timing,
+        predecessor: Option<Pid>,
+        now: Instant,
+    ) -> Machine {
+        Machine {
+            generation,
+            timing,
+            life: Life::Starting { predecessor },
+            slots: (0..workers)
+                .map(|_| Slot::Empty { respawn_at: None })
+                .collect(),
+            draining: Vec::new(),
+            can_hot_reload: None,
+            inherited: predecessor.is_some(),
+            started: now,
+            reloads: 0,
+            last_reload: String::new(),
+        }
+    }
+
+    /// Whether this generation writes the pid and status files now.
+    pub fn in_charge(&self) -> bool {
+        match &self.life {
+            Life::Starting { .. } => !self.inherited,
+            Life::TakingOver { .. } => false,
+            Life::Serving { .. } => true,
+            Life::Stopping { in_charge, .. } => *in_charge,
+        }
+    }
+
+    pub fn predecessor(&self) -> Option<Pid> {
+        match self.life {
+            Life::Starting { predecessor } => predecessor,
+            Life::TakingOver { predecessor } => Some(predecessor),
+            _ => None,
+        }
+    }
+
+    pub fn reload(&self) -> Option<&Reload> {
+        match &self.life {
+            Life::Serving { reload } => reload.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The earliest moment a `Tick` has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let stop = match &self.life {
+            Life::Stopping { deadline, .. } if self.draining.iter().any(|d| !d.killed) => {
+                Some(*deadline)
+            }
+            _ => None,
+        };
+        let reload = self
+            .reload()
+            .and_then(|r| r.started.checked_add(self.timing.reload_timeout));
+        let respawn = self.slots.iter().filter_map(|s| match s {
+            Slot::Empty { respawn_at } => *respawn_at,
+            Slot::Running(_) => None,
+        });
+        stop.into_iter().chain(reload).chain(respawn).min()
+    }
+}
+
+/// `now + d`, saturating far in the future instead of overflowing.
+pub fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
+}
+
+impl StopReason {
+    fn for_cause(cause: &StopCause) -> StopReason {
+        match cause {
+            StopCause::HandedOver { .. } => StopReason::Reload,
+            StopCause::Signal { .. } | StopCause::StartFailed(_) => StopReason::Shutdown,
+        }
+    }
+}

@@ -1,0 +1,598 @@
+//! [`Machine::handle`]: every transition of a generation's life.
+
+use std::time::Instant;
+
+use nix::unistd::Pid;
+
+use super::{
+    later, Draining, Effect, Event, Exit, Life, Machine, Notice, Reload, ReloadStage, Slot,
+    StopCause, Worker, WorkerState,
+};
+use crate::channel::{FromWorker, NewToOld, StopReason, ToWorker};
+
+impl Machine {
+    /// The first effects: fork every worker (and, in the first generation,
+    /// say so in the status file).
+    pub fn start(&mut self) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if self.in_charge() {
+            effects.push(Effect::WriteStatus);
+        }
+        let go = !self.inherited;
+        effects.extend((0..self.slots.len()).map(|slot| Effect::ForkWorker { slot, go }));
+        effects
+    }
+
+    /// Applies one event at `now` and returns what to do, in order.
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        match event {
+            Event::StopSignal { name } => self.on_stop_signal(name, now, &mut fx),
+            Event::ReloadSignal => self.on_reload_signal(&mut fx),
+            Event::Forked { slot, result } => self.on_forked(slot, result, now, &mut fx),
+            Event::Worker { pid, message } => self.on_worker_message(pid, message, now, &mut fx),
+            Event::WorkerExited { pid, exit } => self.on_worker_exit(pid, exit, now, &mut fx),
+            Event::Spawned(result) => self.on_spawned(result, now, &mut fx),
+            Event::Successor(message) => self.on_successor(message, now, &mut fx),
+            Event::SuccessorGone { reason } => {
+                if self.reload().is_some() {
+                    self.reload_failed(reason, now, &mut fx);
+                }
+            }
+            Event::Released => self.on_released(now, &mut fx),
+            Event::PredecessorGone => self.on_predecessor_gone(now, &mut fx),
+            Event::Tick => self.on_tick(now, &mut fx),
+        }
+        self.check_exit(&mut fx);
+        fx
+    }
+
+    // ---- signals ----
+
+    fn on_stop_signal(&mut self, name: &'static str, now: Instant, fx: &mut Vec<Effect>) {
+        if let Life::Stopping { cause, .. } = &mut self.life {
+            if matches!(cause, StopCause::Signal { .. }) {
+                tracing::warn!("{name} again: killing the workers now");
+                return self.kill_draining(fx);
+            }
+            // The first stop asked by the operator: the drain already under
+            // way keeps its deadline; a second one cuts it short.
+            tracing::info!(
+                "{name}: already stopping; workers finish within the shutdown timeout (send it again to kill them now)"
+            );
+            *cause = StopCause::Signal { name };
+            return;
+        }
+        tracing::info!("{name}: stopping");
+        if let Some(predecessor) = self.predecessor() {
+            let why = format!("the new generation got {name} before taking over");
+            fx.push(Effect::ToPredecessor(NewToOld::Failed(why)));
+            tracing::debug!("told pid {predecessor} to carry on");
+        }
+        if let Some(reload) = self.reload().copied() {
+            tracing::info!(
+                "abandoning the reload to generation {} (pid {})",
+                reload.generation,
+                reload.successor
+            );
+            fx.push(Effect::KillSuccessor {
+                pid: reload.successor,
+            });
+        }
+        self.begin_stop(StopCause::Signal { name }, now, fx);
+    }
+
+    fn on_reload_signal(&mut self, fx: &mut Vec<Effect>) {
+        match &self.life {
+            Life::Serving { reload: Some(r) } => {
+                return tracing::info!(
+                    "SIGUSR2 ignored: generation {} (pid {}) is already taking over",
+                    r.generation,
+                    r.successor
+                );
+            }
+            Life::Serving { reload: None } => {}
+            _ => return tracing::info!("SIGUSR2 ignored: this generation is not serving"),
+        }
+        self.reloads += 1;
+        if self.can_hot_reload != Some(true) {
+            self.last_reload =
+                "ignored: the plugin cannot hot-reload (its can_do_hot_reload() is false)".into();
+            tracing::info!("SIGUSR2 {}", self.last_reload);
+            fx.push(Effect::WriteStatus);
+            return;
+        }
+        fx.push(Effect::SpawnSuccessor {
+            generation: self.generation + 1,
+        });
+    }
+
+    fn on_spawned(&mut self, result: Result<Pid, String>, now: Instant, fx: &mut Vec<Effect>) {
+        let Life::Serving {
+            reload: reload @ None,
+        } = &mut self.life
+        else {
+            return;
+        };
+        match result {
+            Ok(successor) => {
+                let generation = self.generation + 1;
+                tracing::info!("reload: generation {generation} starting as pid {successor}");
+                *reload = Some(Reload {
+                    successor,
+                    generation,
+                    started: now,
+                    stage: ReloadStage::Starting,
+                });
+                fx.push(Effect::Notify(Notice::Reloading { generation }));
+                fx.push(Effect::WriteStatus);
+            }
+            Err(reason) => self.reload_failed(reason, now, fx),
+        }
+    }
+
+    // ---- workers ----
+
+    fn on_forked(
+        &mut self,
+        slot: usize,
+        result: Result<Pid, String>,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
+        match result {
+            Ok(pid) if matches!(self.life, Life::Stopping { .. }) => {
+                // Forked just before the stop: it stops with its siblings.
+                let reason = match &self.life {
+                    Life::Stopping { cause, .. } => StopReason::for_cause(cause),
+                    _ => StopReason::Shutdown,
+                };
+                fx.push(Effect::Send {
+                    pid,
+                    message: ToWorker::Stop(reason),
+                });
+                self.draining.push(Draining {
+                    pid,
+                    failure: None,
+                    killed: false,
+                });
+            }
+            Ok(pid) => {
+                tracing::debug!("worker pid {pid} started in slot {slot}");
+                self.slots[slot] = Slot::Running(Worker {
+                    pid,
+                    started: now,
+                    state: WorkerState::Forked,
+                    failure: None,
+                });
+            }
+            Err(e) => match self.life {
+                Life::Starting { .. } | Life::TakingOver { .. } => self.fail_start(e, now, fx),
+                Life::Serving { .. } => {
+                    let delay = self.timing.respawn_delay;
+                    tracing::error!("{e}; trying again in {delay:?}");
+                    self.slots[slot] = Slot::Empty {
+                        respawn_at: Some(later(now, delay)),
+                    };
+                }
+                Life::Stopping { .. } => tracing::debug!("{e}"),
+            },
+        }
+    }
+
+    fn on_worker_message(
+        &mut self,
+        pid: Pid,
+        message: FromWorker,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
+        if let Some(d) = self.draining.iter_mut().find(|d| d.pid == pid) {
+            if let FromWorker::Failed(reason) = message {
+                d.failure = Some(reason);
+            }
+            return;
+        }
+        let Some(w) = self.running_mut(pid) else {
+            return;
+        };
+        match message {
+            FromWorker::Loaded { can_hot_reload } => {
+                w.state = WorkerState::Loaded { can_hot_reload };
+                if self
+                    .can_hot_reload
+                    .is_some_and(|known| known != can_hot_reload)
+                {
+                    tracing::warn!("workers disagree on can_do_hot_reload(); using the latest: {can_hot_reload}");
+                }
+                self.can_hot_reload = Some(can_hot_reload);
+                if self.inherited && !can_hot_reload && matches!(self.life, Life::Starting { .. }) {
+                    let why = "the new plugin cannot be hot-reloaded into: its can_do_hot_reload() is false (restart the host to run it)";
+                    return self.fail_start(why.into(), now, fx);
+                }
+            }
+            FromWorker::Ready => w.state = WorkerState::Ready,
+            FromWorker::Failed(reason) => w.failure = Some(reason),
+        }
+        self.check_started(now, fx);
+    }
+
+    fn on_worker_exit(&mut self, pid: Pid, exit: Exit, now: Instant, fx: &mut Vec<Effect>) {
+        if let Some(i) = self.draining.iter().position(|d| d.pid == pid) {
+            let d = self.draining.remove(i);
+            let because = d.failure.map(|r| format!(": {r}")).unwrap_or_default();
+            return tracing::info!("worker pid {pid} stopped ({}){because}", exit.how);
+        }
+        let Some(slot) = self.slot_of(pid) else {
+            return tracing::debug!("reaped pid {pid} ({})", exit.how);
+        };
+        let Slot::Running(w) =
+            std::mem::replace(&mut self.slots[slot], Slot::Empty { respawn_at: None })
+        else {
+            unreachable!("slot_of found a running worker")
+        };
+        let how = &exit.how;
+        let because = w
+            .failure
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        match self.life {
+            Life::Starting { .. } | Life::TakingOver { .. } => {
+                tracing::debug!("worker pid {pid} {how}{because}");
+                let problem = w
+                    .failure
+                    .unwrap_or_else(|| format!("worker pid {pid} {how} before it was ready"));
+                self.fail_start(problem, now, fx);
+            }
+            Life::Serving { .. } => {
+                let delay = self.timing.respawn_delay;
+                if w.failure.is_none() && exit.clean {
+                    tracing::info!("worker pid {pid} {how}; respawning in {delay:?}");
+                } else {
+                    tracing::warn!("worker pid {pid} {how}{because}; respawning in {delay:?}");
+                }
+                self.slots[slot] = Slot::Empty {
+                    respawn_at: Some(later(now, delay)),
+                };
+                self.on_tick(now, fx);
+            }
+            // Unreachable: a stopping generation's workers are all draining.
+            Life::Stopping { .. } => tracing::debug!("worker pid {pid} {how}{because}"),
+        }
+    }
+
+    // ---- starting and taking over (as the new generation) ----
+
+    fn check_started(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let Life::Starting { predecessor } = self.life else {
+            return;
+        };
+        let states = || {
+            self.slots.iter().map(|s| match s {
+                Slot::Running(w) => Some(w.state),
+                Slot::Empty { .. } => None,
+            })
+        };
+        if !self.inherited {
+            // Started once every plugin is built and, if it can hot-reload
+            // (and so calls ready_to_take_over), initialised.
+            let started = states().all(|s| {
+                matches!(
+                    s,
+                    Some(
+                        WorkerState::Ready
+                            | WorkerState::Loaded {
+                                can_hot_reload: false
+                            }
+                    )
+                )
+            });
+            if started {
+                self.life = Life::Serving { reload: None };
+                fx.extend([Effect::WriteStatus, Effect::Notify(Notice::Serving)]);
+                tracing::info!("serving, started in {:?}", now - self.started);
+            }
+            return;
+        }
+        if !states().all(|s| s == Some(WorkerState::Ready)) {
+            return;
+        }
+        match predecessor {
+            Some(predecessor) => {
+                tracing::info!(
+                    "all workers ready in {:?}: asking pid {predecessor} to step aside",
+                    now - self.started
+                );
+                fx.push(Effect::ToPredecessor(NewToOld::ReadyToTakeOver));
+                self.life = Life::TakingOver { predecessor };
+            }
+            None => self.take_over(now, fx),
+        }
+    }
+
+    fn on_released(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        if !matches!(self.life, Life::TakingOver { .. }) {
+            return tracing::warn!("unexpected Released from the previous generation");
+        }
+        let every_slot_ready = self
+            .slots
+            .iter()
+            .all(|s| matches!(s, Slot::Running(w) if w.state == WorkerState::Ready));
+        if every_slot_ready {
+            self.take_over(now, fx);
+        } else {
+            self.fail_start("a worker of the new generation is gone".into(), now, fx);
+        }
+    }
+
+    fn on_predecessor_gone(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        match self.life {
+            Life::Starting {
+                predecessor: Some(pid),
+            } => {
+                tracing::info!("the previous generation (pid {pid}) is gone");
+                self.life = Life::Starting { predecessor: None };
+                self.check_started(now, fx);
+            }
+            Life::TakingOver { predecessor } => {
+                tracing::info!("the previous generation (pid {predecessor}) is gone");
+                self.life = Life::Starting { predecessor: None };
+                self.check_started(now, fx);
+            }
+            _ => {}
+        }
+    }
+
+    /// Lets every worker go, then tells the predecessor, then claims the
+    /// files: nothing the workers wait for comes after anything else.
+    fn take_over(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let predecessor = self.predecessor();
+        for w in self.running() {
+            fx.push(Effect::Send {
+                pid: w.pid,
+                message: ToWorker::Go,
+            });
+        }
+        if predecessor.is_some() {
+            fx.push(Effect::ToPredecessor(NewToOld::TookOver));
+        }
+        self.life = Life::Serving { reload: None };
+        fx.extend([
+            Effect::Unboost,
+            Effect::ClaimPidFile,
+            Effect::WriteStatus,
+            Effect::Notify(Notice::Serving),
+        ]);
+        match predecessor {
+            Some(pid) => tracing::info!("took over from pid {pid} in {:?}", now - self.started),
+            None => tracing::info!("took over in {:?}", now - self.started),
+        }
+    }
+
+    /// The start failed: tell the predecessor (it carries on), and stop.
+    fn fail_start(&mut self, problem: String, now: Instant, fx: &mut Vec<Effect>) {
+        if self.predecessor().is_some() {
+            fx.push(Effect::ToPredecessor(NewToOld::Failed(problem.clone())));
+        }
+        self.begin_stop(StopCause::StartFailed(problem), now, fx);
+    }
+
+    // ---- reloading (as the old generation) ----
+
+    fn on_successor(&mut self, message: NewToOld, now: Instant, fx: &mut Vec<Effect>) {
+        let Some(reload) = self.reload().copied() else {
+            return tracing::debug!("message from a past successor ignored: {message:?}");
+        };
+        match (message, reload.stage) {
+            (NewToOld::ReadyToTakeOver, ReloadStage::Starting) => {
+                tracing::info!(
+                    "generation {} (pid {}) is ready: stepping aside",
+                    reload.generation,
+                    reload.successor
+                );
+                // Our workers stop accepting; what waits stays queued in the
+                // shared sockets for the new workers.
+                for slot in &mut self.slots {
+                    match std::mem::replace(slot, Slot::Empty { respawn_at: None }) {
+                        Slot::Running(w) => {
+                            fx.push(Effect::Send {
+                                pid: w.pid,
+                                message: ToWorker::Stop(StopReason::Reload),
+                            });
+                            self.draining.push(Draining {
+                                pid: w.pid,
+                                failure: w.failure,
+                                killed: false,
+                            });
+                        }
+                        Slot::Empty { .. } => {}
+                    }
+                }
+                fx.push(Effect::Release);
+                self.life = Life::Serving {
+                    reload: Some(Reload {
+                        stage: ReloadStage::Released,
+                        ..reload
+                    }),
+                };
+            }
+            (NewToOld::TookOver, ReloadStage::Released) => {
+                tracing::info!(
+                    "generation {} (pid {}) took over: finishing",
+                    reload.generation,
+                    reload.successor
+                );
+                fx.push(Effect::Notify(Notice::HandedOver {
+                    pid: reload.successor,
+                    generation: reload.generation,
+                }));
+                fx.push(Effect::Unboost);
+                let cause = StopCause::HandedOver {
+                    successor: reload.successor,
+                };
+                self.life = Life::Stopping {
+                    cause,
+                    deadline: later(now, self.timing.shutdown_timeout),
+                    in_charge: false,
+                };
+            }
+            (NewToOld::Failed(reason), _) => self.reload_failed(reason, now, fx),
+            (other, stage) => {
+                tracing::warn!("unexpected {other:?} from the new generation while {stage:?}")
+            }
+        }
+    }
+
+    /// The reload is over and we are still in charge: if our workers were
+    /// already released, they are replaced at once.
+    fn reload_failed(&mut self, reason: String, now: Instant, fx: &mut Vec<Effect>) {
+        let Life::Serving { reload } = &mut self.life else {
+            return;
+        };
+        let released = reload.is_some_and(|r| r.stage == ReloadStage::Released);
+        if let Some(r) = reload.take() {
+            fx.push(Effect::KillSuccessor { pid: r.successor });
+        }
+        tracing::error!("reload failed: {reason}");
+        self.last_reload = format!("failed: {reason}");
+        fx.push(Effect::Unboost);
+        if released {
+            tracing::info!("resuming: respawning every worker now");
+            fx.push(Effect::ClaimPidFile);
+            for slot in &mut self.slots {
+                *slot = Slot::Empty {
+                    respawn_at: Some(now),
+                };
+            }
+            self.on_tick(now, fx);
+        }
+        fx.extend([
+            Effect::Notify(Notice::ReloadFailed(reason)),
+            Effect::WriteStatus,
+        ]);
+    }
+
+    // ---- stopping ----
+
+    fn begin_stop(&mut self, cause: StopCause, now: Instant, fx: &mut Vec<Effect>) {
+        let in_charge = self.in_charge();
+        let reason = StopReason::for_cause(&cause);
+        for slot in &mut self.slots {
+            if let Slot::Running(w) = std::mem::replace(slot, Slot::Empty { respawn_at: None }) {
+                fx.push(Effect::Send {
+                    pid: w.pid,
+                    message: ToWorker::Stop(reason),
+                });
+                self.draining.push(Draining {
+                    pid: w.pid,
+                    failure: w.failure,
+                    killed: false,
+                });
+            }
+        }
+        let deadline = later(now, self.timing.shutdown_timeout);
+        tracing::debug!(
+            "workers told to stop; killing any still alive in {:?}",
+            self.timing.shutdown_timeout
+        );
+        self.life = Life::Stopping {
+            cause,
+            deadline,
+            in_charge,
+        };
+        if in_charge {
+            fx.extend([Effect::Notify(Notice::Stopping), Effect::WriteStatus]);
+        }
+    }
+
+    fn kill_draining(&mut self, fx: &mut Vec<Effect>) {
+        for d in self.draining.iter_mut().filter(|d| !d.killed) {
+            d.killed = true;
+            fx.push(Effect::Kill { pid: d.pid });
+        }
+    }
+
+    fn check_exit(&mut self, fx: &mut Vec<Effect>) {
+        let Life::Stopping { cause, .. } = &self.life else {
+            return;
+        };
+        if !self.draining.is_empty() || fx.iter().any(|e| matches!(e, Effect::Exit(_))) {
+            return;
+        }
+        let result = match cause {
+            StopCause::StartFailed(problem) => {
+                tracing::debug!("all workers gone: exiting");
+                Err(problem.clone())
+            }
+            _ => {
+                tracing::info!("all workers gone: exiting");
+                Ok(())
+            }
+        };
+        fx.push(Effect::Exit(result));
+    }
+
+    // ---- timers ----
+
+    fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        match &self.life {
+            Life::Stopping { deadline, .. } => {
+                if now >= *deadline && self.draining.iter().any(|d| !d.killed) {
+                    tracing::warn!(
+                        "workers did not stop within {:?}: killing them",
+                        self.timing.shutdown_timeout
+                    );
+                    self.kill_draining(fx);
+                }
+            }
+            Life::Serving { reload } => {
+                if let Some(r) = reload {
+                    if r.started
+                        .checked_add(self.timing.reload_timeout)
+                        .is_some_and(|t| now >= t)
+                    {
+                        let timeout = self.timing.reload_timeout;
+                        let why =
+                            format!("the new generation did not take over within {timeout:?}");
+                        return self.reload_failed(why, now, fx);
+                    }
+                }
+                for (slot, s) in self.slots.iter_mut().enumerate() {
+                    if let Slot::Empty {
+                        respawn_at: Some(at),
+                    } = s
+                    {
+                        if *at <= now {
+                            *s = Slot::Empty { respawn_at: None };
+                            fx.push(Effect::ForkWorker { slot, go: true });
+                        }
+                    }
+                }
+            }
+            Life::Starting { .. } | Life::TakingOver { .. } => {}
+        }
+    }
+
+    // ---- lookups ----
+
+    fn running(&self) -> impl Iterator<Item = &Worker> {
+        self.slots.iter().filter_map(|s| match s {
+            Slot::Running(w) => Some(w),
+            Slot::Empty { .. } => None,
+        })
+    }
+
+    fn running_mut(&mut self, pid: Pid) -> Option<&mut Worker> {
+        self.slots.iter_mut().find_map(|s| match s {
+            Slot::Running(w) if w.pid == pid => Some(w),
+            _ => None,
+        })
+    }
+
+    fn slot_of(&self, pid: Pid) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| matches!(s, Slot::Running(w) if w.pid == pid))
+    }
+}

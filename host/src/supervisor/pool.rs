@@ -1,0 +1,75 @@
+//! Forking a worker: the one place the supervisor forks.
+
+use nix::unistd::{fork, getpid, ForkResult, Pid};
+
+use super::runtime::{Runtime, WorkerLink};
+use crate::channel::ToWorkerEnd;
+use crate::error::Error;
+use crate::signals;
+use crate::worker;
+
+impl Runtime {
+    /// Forks a worker; `go`: it may serve at once. The outer error is fatal
+    /// to the supervisor (its signal mask is lost); the inner one is a fork
+    /// that did not happen.
+    pub(super) fn fork_worker(&mut self, go: bool) -> Result<Result<Pid, String>, Error> {
+        let (ours, theirs) = match ToWorkerEnd::pair() {
+            Ok(pair) => pair,
+            Err(e) => return Ok(Err(format!("cannot create a worker channel: {e}"))),
+        };
+        let spec = worker::Spec {
+            generation: self.machine.generation,
+            supervisor: getpid(),
+            snapshot: &self.snapshot,
+            listener_fds: self.listeners.raw_fds(),
+            plugin_args: &self.config.plugin_args,
+            go,
+            base_nice: self.base_nice,
+        };
+        if let Err(e) = single_threaded() {
+            return Ok(Err(e));
+        }
+        let mask = signals::block_all().map_err(Error::os("cannot block signals"))?;
+        // SAFETY: the process has one thread (checked just above, and the
+        // supervisor starts none), so the child is a faithful copy with no
+        // lock held by a vanished thread; it only runs worker code, which
+        // begins by resetting signals and descriptors.
+        let forked = unsafe { fork() };
+        match forked {
+            Ok(ForkResult::Child) => {
+                drop(ours);
+                worker::run(theirs, spec)
+            }
+            Ok(ForkResult::Parent { child }) => {
+                signals::restore(&mask).map_err(Error::os("cannot restore the signal mask"))?;
+                self.workers.push(WorkerLink {
+                    pid: child,
+                    channel: Some(ours),
+                });
+                Ok(Ok(child))
+            }
+            Err(e) => {
+                signals::restore(&mask).map_err(Error::os("cannot restore the signal mask"))?;
+                Ok(Err(format!("cannot fork a worker: {e}")))
+            }
+        }
+    }
+}
+
+/// Fails unless this process has exactly one thread: forking a
+/// multi-threaded process leaves the child with locks nobody will release.
+fn single_threaded() -> Result<(), String> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse::<u32>().ok());
+    match threads {
+        Some(1) => Ok(()),
+        Some(n) => Err(format!(
+            "refusing to fork a worker: the supervisor has {n} threads, not 1"
+        )),
+        None => Err("refusing to fork a worker: /proc/self/status names no thread count".into()),
+    }
+}

@@ -1,0 +1,308 @@
+//! The poll loop: turns descriptors, signals, child exits and timers into
+//! lifecycle events, in an order that keeps a child's last words ahead of
+//! its exit, and hands each to [`Runtime::apply`].
+
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR2};
+
+use super::Config;
+use crate::channel::{OldToNew, Received, ToWorkerEnd};
+use crate::error::Error;
+use crate::lifecycle::{Event, Exit, Machine};
+use crate::listeners::Listeners;
+use crate::pidfile::PidFile;
+use crate::reload::{Predecessor, Successor};
+use crate::signals::{self, Signals};
+use crate::snapshot::Snapshot;
+
+/// A live worker's channel, until the worker closes it.
+pub(super) struct WorkerLink {
+    pub pid: Pid,
+    pub channel: Option<ToWorkerEnd>,
+}
+
+/// One generation's supervisor: the lifecycle plus everything it acts on.
+pub struct Runtime {
+    pub(super) config: Config,
+    pub(super) machine: Machine,
+    pub(super) signals: Signals,
+    pub(super) listeners: Listeners,
+    pub(super) snapshot: Snapshot,
+    pub(super) pid_file: Option<PidFile>,
+    pub(super) workers: Vec<WorkerLink>,
+    /// While a reload is in flight: the generation we started.
+    pub(super) successor: Option<Successor>,
+    /// While starting under a previous generation: that generation.
+    pub(super) predecessor: Option<Predecessor>,
+    /// While boosted (see `priority`): the nice value to return to.
+    pub(super) base_nice: Option<i32>,
+}
+
+/// Where a poll event came from.
+#[derive(Clone, Copy)]
+enum Source {
+    Worker(Pid),
+    Successor,
+    Predecessor,
+    Signals,
+}
+
+/// What ends the loop: the generation's own result (`Ok` or a failed start).
+pub(super) type Outcome = Option<Result<(), String>>;
+
+impl Runtime {
+    pub(super) fn new(
+        config: Config,
+        machine: Machine,
+        snapshot: Snapshot,
+        listeners: Listeners,
+        pid_file: Option<PidFile>,
+    ) -> Result<Runtime, Error> {
+        let signals = Signals::install().map_err(Error::os("cannot install signal handlers"))?;
+        // Orphans of a failed new generation are re-parented to us and reaped.
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::debug!("cannot become a child subreaper: {e}");
+        }
+        Ok(Runtime {
+            config,
+            machine,
+            signals,
+            listeners,
+            snapshot,
+            pid_file,
+            workers: Vec::new(),
+            successor: None,
+            predecessor: None,
+            base_nice: None,
+        })
+    }
+
+    pub(super) fn adopt_predecessor(&mut self, predecessor: Predecessor, base_nice: i32) {
+        self.predecessor = Some(predecessor);
+        self.base_nice = Some(base_nice);
+    }
+
+    pub fn run(mut self) -> Result<(), Error> {
+        tracing::info!(
+            "starting {} worker(s) of plugin {}{}",
+            self.machine.slots.len(),
+            self.config.plugin.display(),
+            match self.listeners.len() {
+                0 => String::new(),
+                _ => format!(", listening on {}", self.listeners.local_addrs().join(" ")),
+            }
+        );
+        let start = self.machine.start();
+        let mut outcome = self.perform(start)?;
+        while outcome.is_none() {
+            for event in self.wait()? {
+                outcome = self.apply(event)?;
+                if outcome.is_some() {
+                    break;
+                }
+            }
+        }
+        match outcome {
+            Some(Err(problem)) => Err(Error::Start(problem)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Hands one event to the lifecycle and performs what it returns.
+    pub(super) fn apply(&mut self, event: Event) -> Result<Outcome, Error> {
+        let effects = self.machine.handle(event, Instant::now());
+        let outcome = self.perform(effects)?;
+        // A link the lifecycle no longer speaks of is closed: the peer sees
+        // the hang-up.
+        if self.machine.predecessor().is_none() {
+            self.predecessor = None;
+        }
+        let successor = self.machine.reload().map(|r| r.successor);
+        if self
+            .successor
+            .as_ref()
+            .is_some_and(|s| Some(s.pid) != successor)
+        {
+            self.successor = None;
+        }
+        Ok(outcome)
+    }
+
+    /// Waits for something to happen and returns it as events, ending with a `Tick`.
+    fn wait(&mut self) -> Result<Vec<Event>, Error> {
+        let mut sources = Vec::with_capacity(self.workers.len() + 3);
+        let mut fds = Vec::with_capacity(self.workers.len() + 3);
+        for w in &self.workers {
+            if let Some(channel) = &w.channel {
+                sources.push(Source::Worker(w.pid));
+                fds.push(PollFd::new(channel.as_fd(), PollFlags::POLLIN));
+            }
+        }
+        if let Some(s) = &self.successor {
+            sources.push(Source::Successor);
+            fds.push(PollFd::new(s.channel.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(p) = &self.predecessor {
+            sources.push(Source::Predecessor);
+            fds.push(PollFd::new(p.channel.as_fd(), PollFlags::POLLIN));
+        }
+        // Last, so that a worker's final words are read before its exit is handled.
+        sources.push(Source::Signals);
+        fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
+
+        let timeout = self
+            .machine
+            .next_deadline()
+            .map_or(PollTimeout::NONE, |deadline| {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                // Round up, so a deadline is never polled for just before it is due.
+                PollTimeout::try_from(wait.saturating_add(Duration::from_micros(999)))
+                    .unwrap_or(PollTimeout::MAX)
+            });
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => {
+                return Err(Error::Os {
+                    what: "poll failed",
+                    source: e.into(),
+                })
+            }
+        }
+        let ready: Vec<Source> = sources
+            .iter()
+            .zip(&fds)
+            .filter(|(_, fd)| fd.any().unwrap_or(false))
+            .map(|(source, _)| *source)
+            .collect();
+        drop(fds);
+        let mut events = Vec::new();
+        for source in ready {
+            match source {
+                Source::Worker(pid) => self.read_worker(pid, &mut events),
+                Source::Successor => self.read_successor(&mut events),
+                Source::Predecessor => self.read_predecessor(&mut events),
+                Source::Signals => self.read_signals(&mut events),
+            }
+        }
+        self.reap(&mut events);
+        events.push(Event::Tick);
+        Ok(events)
+    }
+
+    fn read_worker(&mut self, pid: Pid, events: &mut Vec<Event>) {
+        let Some(link) = self.workers.iter_mut().find(|w| w.pid == pid) else {
+            return;
+        };
+        while let Some(channel) = &link.channel {
+            match channel.try_recv() {
+                Ok(Received::Message(message)) => events.push(Event::Worker { pid, message }),
+                Ok(Received::Empty) => break,
+                Ok(Received::Closed) => link.channel = None,
+                Err(e) => {
+                    // A worker that speaks garbage is not to be trusted with
+                    // its slot; its exit is handled like any other.
+                    tracing::warn!("worker pid {pid}: channel error: {e}; killing it");
+                    let _ = kill(pid, Signal::SIGKILL);
+                    link.channel = None;
+                }
+            }
+        }
+    }
+
+    fn read_successor(&mut self, events: &mut Vec<Event>) {
+        if self.successor_messages(events) {
+            let reason = "the new generation exited before taking over".to_owned();
+            events.push(Event::SuccessorGone { reason });
+        }
+    }
+
+    /// Reads what the successor said; true if its channel is closed.
+    fn successor_messages(&self, events: &mut Vec<Event>) -> bool {
+        let Some(s) = &self.successor else {
+            return false;
+        };
+        loop {
+            match s.channel.try_recv() {
+                Ok(Received::Message(message)) => events.push(Event::Successor(message)),
+                Ok(Received::Empty) => return false,
+                Ok(Received::Closed) | Err(_) => return true,
+            }
+        }
+    }
+
+    fn read_predecessor(&mut self, events: &mut Vec<Event>) {
+        let Some(p) = &self.predecessor else { return };
+        loop {
+            match p.channel.try_recv() {
+                Ok(Received::Message(OldToNew::Released)) => events.push(Event::Released),
+                Ok(Received::Empty) => return,
+                Ok(Received::Closed) | Err(_) => return events.push(Event::PredecessorGone),
+            }
+        }
+    }
+
+    fn read_signals(&mut self, events: &mut Vec<Event>) {
+        for sig in self.signals.take() {
+            match sig {
+                SIGCHLD => {} // reaped after every wake-up
+                SIGTERM | SIGINT | SIGQUIT => events.push(Event::StopSignal {
+                    name: signals::name(sig),
+                }),
+                SIGUSR2 => events.push(Event::ReloadSignal),
+                SIGHUP => tracing::info!("SIGHUP ignored: send SIGUSR2 to reload, SIGTERM to stop"),
+                other => tracing::debug!("{} ignored", signals::name(other)),
+            }
+        }
+    }
+
+    /// Every child that ended, after what it still had to say.
+    fn reap(&mut self, events: &mut Vec<Event>) {
+        loop {
+            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(status) => status,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return tracing::warn!("waitpid failed: {e}"),
+            };
+            let Some(pid) = status.pid() else { continue };
+            let exit = Exit {
+                how: describe(status),
+                clean: matches!(status, WaitStatus::Exited(_, 0)),
+            };
+            if let Some(i) = self.workers.iter().position(|w| w.pid == pid) {
+                self.read_worker(pid, events);
+                self.workers.remove(i);
+                events.push(Event::WorkerExited { pid, exit });
+            } else if self.successor.as_ref().is_some_and(|s| s.pid == pid) {
+                // It may have said why before exiting.
+                self.successor_messages(events);
+                let reason = format!("the new generation (pid {pid}) {}", exit.how);
+                events.push(Event::SuccessorGone { reason });
+            } else {
+                tracing::debug!("reaped pid {pid} ({})", exit.how);
+            }
+        }
+    }
+}
+
+/// "exited with status 1", "was killed by SIGKILL".
+fn describe(status: WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
+        WaitStatus::Signaled(_, sig, core) => {
+            format!(
+                "was killed by {}{}",
+                sig.as_str(),
+                if core { " (core dumped)" } else { "" }
+            )
+        }
+        other => format!("changed state: {other:?}"),
+    }
+}
