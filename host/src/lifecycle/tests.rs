@@ -195,8 +195,15 @@ fn first_generation_serves_once_every_worker_is_ready_or_cannot_hot_reload() {
 /// Rows: what happens to a generation in a given state on a given event.
 #[test]
 fn transitions() {
-    type Check = fn(&Given, &[Effect]);
-    let rows: Vec<(&str, fn() -> Given, u64, Vec<Event>, Check)> = vec![
+    /// (what it shows, the state, at which second, the events, the check)
+    type Row = (
+        &'static str,
+        fn() -> Given,
+        u64,
+        Vec<Event>,
+        fn(&Given, &[Effect]),
+    );
+    let rows: Vec<Row> = vec![
         (
             "first generation: a worker that dies before it is ready fails the start",
             || {
