@@ -106,11 +106,22 @@ pub struct RunArgs {
     pub plugin_args: Vec<String>,
 }
 
+/// The longest duration any flag takes: one day. Longer waits are surely a
+/// typo, and bounding them keeps every deadline computable.
+const MAX_SECS: f64 = 86_400.0;
+
 fn parse_secs(s: &str) -> Result<Duration, String> {
-    s.parse::<f64>()
+    let secs = s
+        .parse::<f64>()
         .ok()
-        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-        .ok_or_else(|| format!("'{s}' is not a number of seconds (use e.g. 5 or 0.5)"))
+        .filter(|secs| secs.is_finite() && *secs >= 0.0)
+        .ok_or_else(|| format!("'{s}' is not a number of seconds (use e.g. 5 or 0.5)"))?;
+    if secs > MAX_SECS {
+        return Err(format!(
+            "'{s}' seconds is more than one day; use at most {MAX_SECS} (e.g. 60)"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {

@@ -2,30 +2,39 @@
 //! swaps in a rebuilt plugin with zero downtime. Each module below does one
 //! job; `supervisor` runs the show.
 //!
-//! The hot-reload protocol, in terms of `supervisor`'s `Phase` states (g is the
-//! running one, g+1 the one SIGUSR2 starts):
+//! The hot-reload protocol, in terms of the `lifecycle` states (g is the
+//! generation in charge, g+1 the one SIGUSR2 starts). Every message travels
+//! on the hand-over channel, a socketpair only g and g+1 hold, so no signal
+//! from anyone else can trigger a hand-over.
 //!
-//! 1. g, `Serving`, gets SIGUSR2. Unless a reload is in flight or the plugin
-//!    said it cannot hot-reload, it forks and execs g+1 (`reload::spawn`),
-//!    handing over the listening sockets, the pid-file lock and one end of a
-//!    handover channel. g keeps serving.
-//! 2. g+1 starts in `Starting`: it copies the plugin, forks its workers, and
-//!    waits until every one has called `ready_to_take_over`.
-//! 3. g+1 sends SIGQUIT to g and enters `TakingOver`. g tells its workers to
-//!    stop (they stop accepting at once and finish what they hold), sends
-//!    `Released` on the handover channel, and enters `Stopping`.
-//! 4. g+1, on `Released` (or on seeing g gone), re-asserts the pid-file lock
-//!    (shared with g since exec, so it never lapses), writes its pid, sends
-//!    `Go` to its workers, writes the status file, and is `Serving`. g exits
-//!    once its workers have.
-//! 5. If g+1 fails first, it sends `Failed(reason)` and exits; g logs
-//!    `reload failed: <reason>` and is ready for the next SIGUSR2 at once.
-//!    If g hears nothing within `--reload-timeout`, or g+1 dies without a
-//!    word, g kills g+1's whole process group and carries on.
+//! 1. g, `Serving`, gets SIGUSR2. Unless a reload is in flight or its plugin
+//!    cannot hot-reload, it starts g+1 (`reload::spawn`: `Command` with a
+//!    `pre_exec` that keeps the listening sockets, the pid-file lock and one
+//!    end of the hand-over channel open across exec, in a process group of
+//!    its own). An exec error comes back at once. g keeps serving.
+//! 2. g+1 starts in `Starting`: it copies the plugin, forks its workers and
+//!    waits until each has called `ready_to_take_over`. A plugin whose
+//!    `can_do_hot_reload()` is false fails the reload here, at once.
+//! 3. g+1 sends `ReadyToTakeOver` and is `TakingOver`. g tells its workers
+//!    to stop accepting (`Stop(Reload)`: what waits stays queued in the
+//!    shared sockets), answers `Released`, and waits for the confirmation.
+//! 4. g+1, on `Released`, checks that every slot still has a ready worker,
+//!    sends each `Go`, confirms with `TookOver`, and only then rewrites the
+//!    pid file (never empty for a reader) and the status file: `Serving`.
+//!    g, on `TookOver`, is `Stopping` (cause: handed over): its workers
+//!    finish what they hold within `--shutdown-timeout`, a first operator
+//!    stop does not cut that short, and g exits once they are gone.
+//! 5. Until `TookOver`, g is in charge. If g+1 fails (it sends `Failed`), dies
+//!    (its channel closes or it is reaped) or does not confirm within
+//!    `--reload-timeout`, g kills g+1's process group and carries on: if it
+//!    had released its workers, it respawns them at once and claims the pid
+//!    file again. `host reload` reads the reason in the status file.
 //!
-//! The pid-file lock is never released in between: it belongs to the open
-//! file description, which g+1 inherits (see `pidfile`). A new generation's
-//! start-up runs with a CPU head start when allowed (see `priority`).
+//! A SIGTERM, SIGINT or SIGQUIT is always a graceful stop. g+1 that gets
+//! one before taking over tells g to carry on. The pid-file lock is never
+//! released in between: it belongs to the open file description, which g+1
+//! inherits (see `pidfile`). A new generation's start-up runs with a CPU
+//! head start when allowed (see `priority`).
 
 mod channel;
 mod cli;

@@ -7,9 +7,9 @@
 //! the last supervisor holding it exits. Workers close it right after fork.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Seek};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
@@ -94,12 +94,14 @@ impl PidFile {
         &self.path
     }
 
+    /// Writes our pid over the old contents, then cuts what is left of
+    /// them: a reader sees the old pid, the new one, or the new one followed
+    /// by a blank line, never an empty file. No fsync: a pid file only
+    /// matters while its writer lives.
     fn write_pid(&self) -> io::Result<()> {
-        let mut file = &self.file;
-        file.set_len(0)?;
-        file.rewind()?;
-        // No fsync: a pid file only matters while its writer lives.
-        file.write_all(format!("{}\n", std::process::id()).as_bytes())
+        let text = format!("{}\n", std::process::id());
+        self.file.write_all_at(text.as_bytes(), 0)?;
+        self.file.set_len(text.len() as u64)
     }
 }
 
