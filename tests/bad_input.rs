@@ -141,3 +141,93 @@ fn server_plugin_without_a_listen_address() {
         &["hello-http needs a socket", "--listen 127.0.0.1:8080"],
     );
 }
+
+/// A duration flag over one day (86400 s) is refused with one line naming
+/// the flag and the bound, instead of overflowing an `Instant` later.
+fn assert_over_a_day_is_refused(args: &[&str], flag: &str) {
+    let line = error_line(args, &[]);
+    assert_mentions(&line, &[flag]);
+    assert!(
+        line.contains("86400") || line.contains("one day"),
+        "{line:?} should name the bound (86400 s, one day)"
+    );
+}
+
+#[test]
+fn respawn_delay_over_a_day() {
+    let dir = temp_dir();
+    let plugin = dir.path().join("libnothing.so");
+    assert_over_a_day_is_refused(
+        &[
+            "--plugin",
+            plugin.to_str().unwrap(),
+            "--respawn-delay",
+            "1e19",
+        ],
+        "--respawn-delay",
+    );
+}
+
+#[test]
+fn shutdown_timeout_over_a_day() {
+    let dir = temp_dir();
+    let plugin = dir.path().join("libnothing.so");
+    assert_over_a_day_is_refused(
+        &[
+            "--plugin",
+            plugin.to_str().unwrap(),
+            "--shutdown-timeout",
+            "1e19",
+        ],
+        "--shutdown-timeout",
+    );
+}
+
+#[test]
+fn reload_timeout_over_a_day() {
+    let dir = temp_dir();
+    let plugin = dir.path().join("libnothing.so");
+    assert_over_a_day_is_refused(
+        &[
+            "--plugin",
+            plugin.to_str().unwrap(),
+            "--reload-timeout",
+            "1e19",
+        ],
+        "--reload-timeout",
+    );
+}
+
+/// `host reload|stop --timeout` over a day, against a running host: refused
+/// before the command signals it.
+fn assert_command_timeout_over_a_day_is_refused(command: &str) {
+    let dir = temp_dir();
+    let pid_file = dir.path().join("ticker.pid");
+    let (host, _ticks) = start_ticker(dir.path(), &["--pid-file", pid_file.to_str().unwrap()]);
+    host.wait_serving();
+    assert_over_a_day_is_refused(
+        &[
+            command,
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "--timeout",
+            "1e19",
+        ],
+        "--timeout",
+    );
+    let status = read_status(&pid_file).expect("a status file");
+    assert!(
+        status.serving(host.pid(), 1) && status.reloads == 0 && alive(host.pid()),
+        "the host was left alone: {status:?}"
+    );
+}
+
+#[test]
+fn reload_command_timeout_over_a_day() {
+    assert_command_timeout_over_a_day_is_refused("reload");
+}
+
+#[test]
+fn stop_command_timeout_over_a_day() {
+    assert_command_timeout_over_a_day_is_refused("stop");
+}

@@ -63,9 +63,14 @@ fn three_workers_run() {
         Some(tick_pids(&ticks)).filter(|p| p.len() == 3)
     });
     assert!(!pids.contains(&host.pid()));
-    for pid in pids {
+    for &pid in &pids {
         assert!(alive(pid), "worker {pid} runs");
     }
+    // The host's processes (found by their tag, see support) are these.
+    let mut expected = pids;
+    expected.push(host.pid());
+    expected.sort_unstable();
+    assert_eq!(host.processes(), expected);
 }
 
 #[test]

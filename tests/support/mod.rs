@@ -1,7 +1,18 @@
 //! Helpers for the integration tests: build and copy plugins, start real
 //! `host` processes with their log in a file, wait for conditions with a
-//! deadline, talk HTTP, and kill every process a test started (found in the
-//! host's debug log, by pid) even when the test fails.
+//! deadline, talk HTTP, read pid, status and event files, and kill every
+//! process a test started even when the test fails.
+//!
+//! Every host a test starts gets its own `HOST_TEST_INSTANCE=<tag>` variable.
+//! Its workers, the generations it execs and whatever a plugin forks inherit
+//! it (the host removes only its own `HOST_INHERIT_*` and `NOTIFY_SOCKET`),
+//! so `/proc/*/environ` names every process that belongs to the host, at any
+//! log level: that is how [`Host::processes`] finds them and how dropping a
+//! [`Host`] cleans up.
+//!
+//! Hosts run at the default log level (`info`). A test that needs another
+//! passes `HOST_LOG` in its `env`; to see debug lines of every host while
+//! investigating, run the tests with `HOST_TEST_LOG=debug`.
 #![allow(dead_code)] // each test file uses a different part
 
 use std::fs;
@@ -9,6 +20,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -99,6 +111,44 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
     }
 }
 
+/// Like [`eventually`], for a condition that can say why it does not hold
+/// yet: polls `f` every 5 ms until it returns `Ok`, or panics after
+/// `timeout` naming `what` and the last reason.
+pub fn eventually_ok<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let why = match f() {
+            Ok(value) => return value,
+            Err(why) => why,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; last: {why}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Checks that `f` holds, every 5 ms, for `duration` (a state that must
+/// last, not one seen in passing); panics naming `what` and the reason at
+/// the first check that fails.
+pub fn holds_for(what: &str, duration: Duration, mut f: impl FnMut() -> Result<(), String>) {
+    let end = Instant::now() + duration;
+    loop {
+        if let Err(why) = f() {
+            panic!("{what} stopped holding: {why}");
+        }
+        if Instant::now() >= end {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Whether `pid` is a live process (a zombie counts as gone).
 pub fn alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/status")) {
@@ -113,27 +163,40 @@ pub fn signal(pid: u32, sig: Signal) {
     let _ = kill(Pid::from_raw(pid as i32), sig);
 }
 
+/// The variable that tags every process of one test host.
+pub const TAG_VAR: &str = "HOST_TEST_INSTANCE";
+
 /// A running `host` supervisor started by a test.
 pub struct Host {
     pub child: Child,
     pub log: PathBuf,
     pub exit: Option<ExitStatus>,
-    /// The binary it was started from.
-    bin: PathBuf,
+    /// The value of [`TAG_VAR`] in the environment of every process of this host.
+    tag: String,
 }
 
-/// Starts `host ARGS` with its stderr in `dir/host-N.log` and debug logging
-/// (which names every process it starts, for cleanup).
+/// Starts `host ARGS` with its stderr in `dir/host-N.log`, at the default
+/// log level, tagged (see the module docs).
 pub fn start_host(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Host {
     start_host_from(&host_bin(), dir, args, env)
 }
 
 /// [`start_host`], from a given copy of the host binary.
 pub fn start_host_from(bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Host {
-    let log = dir.join(format!("host-{}.log", unique()));
-    let child = Command::new(bin)
+    let id = unique();
+    let log = dir.join(format!("host-{id}.log"));
+    let mut command = Command::new(bin);
+    command
         .args(args)
-        .env("HOST_LOG", "debug")
+        .env(TAG_VAR, &id)
+        // Not from the environment the tests run in: the default level,
+        // and no service manager to notify, unless a test says otherwise.
+        .env_remove("HOST_LOG")
+        .env_remove("NOTIFY_SOCKET");
+    if let Some(level) = std::env::var_os("HOST_TEST_LOG") {
+        command.env("HOST_LOG", level);
+    }
+    let child = command
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -144,15 +207,73 @@ pub fn start_host_from(bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &str
         child,
         log,
         exit: None,
-        bin: bin.to_owned(),
+        tag: id,
     }
 }
 
-fn unique() -> u128 {
-    std::time::SystemTime::now()
+/// Unique across the tests of all test processes running at once: the pid of
+/// this process, a counter, and the time.
+fn unique() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_nanos()
+        .as_nanos();
+    format!(
+        "{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The live processes (zombies excluded) whose environment holds
+/// `TAG_VAR=tag`, in pid order.
+fn tagged_processes(tag: &str) -> Vec<u32> {
+    let wanted = format!("{TAG_VAR}={tag}");
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid| {
+            // Unreadable (not ours, or gone meanwhile) means not ours.
+            fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+                environ
+                    .split(|&b| b == 0)
+                    .any(|var| var == wanted.as_bytes())
+            })
+        })
+        .filter(|&pid| alive(pid))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// The children of `pid`, zombies included.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            fs::read_to_string(format!("/proc/{child}/status")).is_ok_and(|status| {
+                status.lines().any(|l| {
+                    l.strip_prefix("PPid:")
+                        .is_some_and(|p| p.trim() == pid.to_string())
+                })
+            })
+        })
+        .collect()
+}
+
+/// Whether `pid` is a zombie (exited, not reaped yet).
+pub fn zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+        status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
+    })
 }
 
 impl Host {
@@ -219,45 +340,42 @@ impl Host {
         status
     }
 
-    /// Every pid the log names as a supervisor or worker of this host: the
-    /// `[gen=G pid=P]` prefixes, and the supervisors' debug lines about the
-    /// processes they start.
-    pub fn pids(&self) -> Vec<u32> {
-        let mut pids = vec![self.pid()];
-        for line in self.log_text().lines() {
-            let found = [
-                line.split_once("[gen=")
-                    .and_then(|(_, rest)| rest.split_once(" pid="))
-                    .map(|(_, rest)| rest),
-                line.split_once("worker pid ")
-                    .filter(|(_, rest)| rest.contains(" started in slot"))
-                    .map(|(_, r)| r),
-                line.split_once("starting as pid ").map(|(_, rest)| rest),
-            ];
-            for rest in found.into_iter().flatten() {
-                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                if let Ok(pid) = digits.parse() {
-                    if !pids.contains(&pid) {
-                        pids.push(pid);
-                    }
-                }
-            }
-        }
-        pids
+    /// The live processes of this host (zombies excluded): the supervisor
+    /// the test started, its workers, the generations it started and their
+    /// workers, and any process these forked.
+    pub fn processes(&self) -> Vec<u32> {
+        tagged_processes(&self.tag)
+    }
+
+    /// The value of [`TAG_VAR`] this host's processes carry.
+    pub fn tag(&self) -> &str {
+        &self.tag
     }
 }
 
 impl Drop for Host {
     fn drop(&mut self) {
-        let host = self.bin.to_string_lossy();
-        for pid in self.pids() {
-            // Only our own processes: a pid in the log may have been reused.
-            let ours = fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|cmd| String::from_utf8_lossy(&cmd).contains(host.as_ref()))
-                .unwrap_or(false);
-            if ours {
+        if std::thread::panicking() {
+            // The test failed: its output is shown, with the host's story.
+            eprintln!(
+                "---- log of the host started as pid {} ({}) ----\n{}----",
+                self.pid(),
+                self.log.display(),
+                self.log_text()
+            );
+        }
+        // Again until none is left: a supervisor may fork between the scan
+        // and its kill. The tag is unique, so only our processes are hit.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pids = self.processes();
+            if pids.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            for pid in pids {
                 signal(pid, Signal::SIGKILL);
             }
+            std::thread::sleep(Duration::from_millis(1));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -347,19 +465,31 @@ pub fn tick_pids(path: &Path) -> Vec<u32> {
 }
 
 /// Runs `host ARGS` (a control command) to completion with a deadline;
-/// returns its exit status, stdout and stderr.
+/// returns its exit status, stdout and stderr. Kills it if it overruns.
 pub fn host_command(args: &[&str], timeout: Duration) -> (ExitStatus, String, String) {
     let dir = temp_dir();
     let (out, err) = (dir.path().join("out"), dir.path().join("err"));
-    let mut child = Command::new(host_bin())
+    let child = Command::new(host_bin())
         .args(args)
+        .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .stdout(fs::File::create(&out).unwrap())
         .stderr(fs::File::create(&err).unwrap())
         .spawn()
         .expect("start host command");
+    // Killed and reaped if the deadline passes (the panic drops it).
+    struct Reaped(Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+    let mut child = Reaped(child);
     let status = eventually(&format!("host {args:?} to finish"), timeout, || {
-        child.try_wait().unwrap()
+        child.0.try_wait().unwrap()
     });
     (
         status,
@@ -371,6 +501,52 @@ pub fn host_command(args: &[&str], timeout: Duration) -> (ExitStatus, String, St
 /// The pid a pid file names.
 pub fn pid_in(pid_file: &Path) -> Option<u32> {
     fs::read_to_string(pid_file).ok()?.trim().parse().ok()
+}
+
+/// What the status file beside a pid file (`FILE.status`) says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusFile {
+    pub pid: u32,
+    pub generation: u64,
+    /// `starting`, `serving`, `reloading` or `stopping`.
+    pub state: String,
+    pub reloads: u64,
+    pub last_reload: String,
+}
+
+impl StatusFile {
+    /// Whether it says that `pid`, of `generation`, serves.
+    pub fn serving(&self, pid: u32, generation: u64) -> bool {
+        self.pid == pid && self.generation == generation && self.state == "serving"
+    }
+}
+
+/// Reads `FILE.status` for the pid file `pid_file`; `None` if it is missing
+/// or does not parse.
+pub fn read_status(pid_file: &Path) -> Option<StatusFile> {
+    let mut path = pid_file.as_os_str().to_owned();
+    path.push(".status");
+    let text = fs::read_to_string(path).ok()?;
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+    };
+    Some(StatusFile {
+        pid: field("pid")?.parse().ok()?,
+        generation: field("generation")?.parse().ok()?,
+        state: field("state")?.to_owned(),
+        reloads: field("reloads")?.parse().ok()?,
+        last_reload: field("last_reload")?.to_owned(),
+    })
+}
+
+/// Whether `host status --pid-file FILE` says a host runs (exits 0).
+pub fn host_runs_on(pid_file: &Path) -> bool {
+    let (status, _, _) = host_command(
+        &["status", "--pid-file", pid_file.to_str().unwrap()],
+        Duration::from_secs(10),
+    );
+    status.success()
 }
 
 /// A host running the test-only `faulty` plugin.
@@ -399,6 +575,44 @@ pub fn start_faulty(dir: &Path, mode: &str, extra: &[&str], env: &[(&str, &str)]
         events: dir.join("mode.events"),
         mode: mode_file,
     }
+}
+
+/// One line of `faulty`'s events file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultyEvent {
+    /// `start`, `shutdown`, `ready`, `stopping`, ...
+    pub what: String,
+    pub mode: String,
+    pub pid: u32,
+    pub generation: u64,
+}
+
+/// The events in a `faulty` events file, in order (lines that do not parse,
+/// such as `ping ns=...`, are left out).
+pub fn faulty_events(events: &Path) -> Vec<FaultyEvent> {
+    lines(events)
+        .iter()
+        .filter_map(|l| {
+            let mut words = l.split(' ');
+            let what = words.next()?.to_owned();
+            let mut field = |key: &str| words.next()?.strip_prefix(key).map(str::to_owned);
+            Some(FaultyEvent {
+                what,
+                mode: field("mode=")?,
+                pid: field("pid=")?.parse().ok()?,
+                generation: field("gen=")?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The pids of the `faulty` workers of `generation` that recorded `what`, in order.
+pub fn faulty_event_pids(events: &Path, what: &str, generation: u64) -> Vec<u32> {
+    faulty_events(events)
+        .into_iter()
+        .filter(|e| e.what == what && e.generation == generation)
+        .map(|e| e.pid)
+        .collect()
 }
 
 /// The worker pids in `faulty` event lines that contain `filter`, in order.

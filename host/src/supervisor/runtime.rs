@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR2};
 
 use super::Config;
-use crate::channel::{OldToNew, Received, ToWorkerEnd};
+use crate::channel::{NewToOld, OldToNew, Received, ToWorkerEnd};
 use crate::error::Error;
 use crate::lifecycle::{Event, Exit, Machine};
 use crate::listeners::Listeners;
@@ -223,18 +223,27 @@ impl Runtime {
         }
     }
 
-    /// Reads what the successor said; true if its channel is closed.
+    /// Reads what the successor said; true if its channel is closed. A
+    /// request to step aside that its own failure (or death) follows in the
+    /// same read is dropped: stopping our workers for a generation already
+    /// known to be gone would only make us respawn them.
     fn successor_messages(&self, events: &mut Vec<Event>) -> bool {
         let Some(s) = &self.successor else {
             return false;
         };
-        loop {
+        let mut said = Vec::new();
+        let closed = loop {
             match s.channel.try_recv() {
-                Ok(Received::Message(message)) => events.push(Event::Successor(message)),
-                Ok(Received::Empty) => return false,
-                Ok(Received::Closed) | Err(_) => return true,
+                Ok(Received::Message(message)) => said.push(message),
+                Ok(Received::Empty) => break false,
+                Ok(Received::Closed) | Err(_) => break true,
             }
+        };
+        if closed || said.iter().any(|m| matches!(m, NewToOld::Failed(_))) {
+            said.retain(|m| *m != NewToOld::ReadyToTakeOver);
         }
+        events.extend(said.into_iter().map(Event::Successor));
+        closed
     }
 
     fn read_predecessor(&mut self, events: &mut Vec<Event>) {

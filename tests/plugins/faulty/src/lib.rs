@@ -5,18 +5,32 @@
 //!
 //! - `serve` (also: no variable, no file): loop until told to stop;
 //! - `no-hot-reload`: the same, but `can_do_hot_reload()` is false;
+//! - `no-hot-reload-no-ready`: the same, and it never calls
+//!   `ready_to_take_over` either (as a plugin that never reloads may not);
 //! - `error-in-new` / `panic-in-new`: the constructor fails / panics;
 //! - `panic-in-run`: `supervised_process` panics after `ready_to_take_over`;
 //! - `exit-in-run`: the worker process exits with status 7;
 //! - `hang-before-ready`: never calls `ready_to_take_over` (but stops when asked);
 //! - `ignore-stop`: never returns from `supervised_process`;
 //! - `ping-cost`: times 10 million `ping_supervisor` calls, records the cost
-//!   of one as a `ping ns=...` event, then serves.
+//!   of one as a `ping ns=...` event, then serves;
+//! - `slow-ready`: sleeps 300 ms after its `start` event, then records a
+//!   `ready` event, then calls `ready_to_take_over` and serves (a window in
+//!   which a test can act between a new worker's start and its readiness);
+//! - `slow-shutdown`: serves; once told to stop, `supervised_shutdown`
+//!   records a `stopping` event, sleeps 1.5 s, then records its `shutdown`
+//!   event (a worker that is still draining while a test acts).
 //!
-//! Every start and every shutdown appends a line to `FAULTY_MODE_FILE.events`,
-//! with the mode, the worker's pid and generation, and how many of the
-//! supervisor's own variables (`HOST_INHERIT_*`, `NOTIFY_SOCKET`) the worker
-//! can see (there should be none).
+//! Every start and every shutdown (and the events above) appends a line to
+//! `FAULTY_MODE_FILE.events`:
+//!
+//! ```text
+//! start mode=serve pid=4242 gen=1 leaked_vars=0
+//! ```
+//!
+//! with what happened, the mode, the worker's pid and generation, and how
+//! many of the supervisor's own variables (`HOST_INHERIT_*`, `NOTIFY_SOCKET`)
+//! the worker can see (there should be none).
 
 use std::io::Write;
 use std::time::Duration;
@@ -75,7 +89,14 @@ impl SupervisedProcess for Faulty {
     fn supervised_process(&mut self, sup: &Supervisor) -> Result<(), String> {
         self.generation = sup.generation();
         self.event("start", self.generation);
-        if self.mode != "hang-before-ready" {
+        if self.mode == "slow-ready" {
+            std::thread::sleep(Duration::from_millis(300));
+            self.event("ready", self.generation);
+        }
+        if !matches!(
+            self.mode.as_str(),
+            "hang-before-ready" | "no-hot-reload-no-ready"
+        ) {
             sup.ready_to_take_over()?;
         }
         match self.mode.as_str() {
@@ -100,11 +121,18 @@ impl SupervisedProcess for Faulty {
     }
 
     fn supervised_shutdown(&mut self) {
+        if self.mode == "slow-shutdown" {
+            self.event("stopping", self.generation);
+            std::thread::sleep(Duration::from_millis(1500));
+        }
         self.event("shutdown", self.generation);
     }
 
     fn can_do_hot_reload(&self) -> bool {
-        self.mode != "no-hot-reload"
+        !matches!(
+            self.mode.as_str(),
+            "no-hot-reload" | "no-hot-reload-no-ready"
+        )
     }
 }
 
