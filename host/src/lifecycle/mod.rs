@@ -14,6 +14,7 @@
 //! - [`Life::Serving`], with a [`Reload`] in flight or not (1, 3, 4, 5).
 //! - [`Life::Stopping`], with its [`StopCause`] and deadline.
 
+mod handover;
 #[cfg(test)]
 mod tests;
 mod transitions;

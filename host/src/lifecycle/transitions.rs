@@ -5,8 +5,8 @@ use std::time::Instant;
 use nix::unistd::Pid;
 
 use super::{
-    later, Draining, Effect, Event, Exit, Life, Machine, Notice, Reload, ReloadStage, Slot,
-    StopCause, Worker, WorkerState,
+    later, Draining, Effect, Event, Exit, Life, Machine, Notice, Slot, StopCause, Worker,
+    WorkerState,
 };
 use crate::channel::{FromWorker, NewToOld, StopReason, ToWorker};
 
@@ -80,55 +80,6 @@ impl Machine {
             });
         }
         self.begin_stop(StopCause::Signal { name }, now, fx);
-    }
-
-    fn on_reload_signal(&mut self, fx: &mut Vec<Effect>) {
-        match &self.life {
-            Life::Serving { reload: Some(r) } => {
-                return tracing::info!(
-                    "SIGUSR2 ignored: generation {} (pid {}) is already taking over",
-                    r.generation,
-                    r.successor
-                );
-            }
-            Life::Serving { reload: None } => {}
-            _ => return tracing::info!("SIGUSR2 ignored: this generation is not serving"),
-        }
-        self.reloads += 1;
-        if self.can_hot_reload != Some(true) {
-            self.last_reload =
-                "ignored: the plugin cannot hot-reload (its can_do_hot_reload() is false)".into();
-            tracing::info!("SIGUSR2 {}", self.last_reload);
-            fx.push(Effect::WriteStatus);
-            return;
-        }
-        fx.push(Effect::SpawnSuccessor {
-            generation: self.generation + 1,
-        });
-    }
-
-    fn on_spawned(&mut self, result: Result<Pid, String>, now: Instant, fx: &mut Vec<Effect>) {
-        let Life::Serving {
-            reload: reload @ None,
-        } = &mut self.life
-        else {
-            return;
-        };
-        match result {
-            Ok(successor) => {
-                let generation = self.generation + 1;
-                tracing::info!("reload: generation {generation} starting as pid {successor}");
-                *reload = Some(Reload {
-                    successor,
-                    generation,
-                    started: now,
-                    stage: ReloadStage::Starting,
-                });
-                fx.push(Effect::Notify(Notice::Reloading { generation }));
-                fx.push(Effect::WriteStatus);
-            }
-            Err(reason) => self.reload_failed(reason, now, fx),
-        }
     }
 
     // ---- workers ----
@@ -262,220 +213,9 @@ impl Machine {
         }
     }
 
-    // ---- starting and taking over (as the new generation) ----
-
-    fn check_started(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        let Life::Starting { predecessor } = self.life else {
-            return;
-        };
-        let states = || {
-            self.slots.iter().map(|s| match s {
-                Slot::Running(w) => Some(w.state),
-                Slot::Empty { .. } => None,
-            })
-        };
-        if !self.inherited {
-            // Started once every plugin is built and, if it can hot-reload
-            // (and so calls ready_to_take_over), initialised.
-            let started = states().all(|s| {
-                matches!(
-                    s,
-                    Some(
-                        WorkerState::Ready
-                            | WorkerState::Loaded {
-                                can_hot_reload: false
-                            }
-                    )
-                )
-            });
-            if started {
-                self.life = Life::Serving { reload: None };
-                fx.extend([Effect::WriteStatus, Effect::Notify(Notice::Serving)]);
-                tracing::info!("serving, started in {:?}", now - self.started);
-            }
-            return;
-        }
-        if !states().all(|s| s == Some(WorkerState::Ready)) {
-            return;
-        }
-        match predecessor {
-            Some(predecessor) => {
-                tracing::info!(
-                    "all workers ready in {:?}: asking pid {predecessor} to step aside",
-                    now - self.started
-                );
-                fx.push(Effect::ToPredecessor(NewToOld::ReadyToTakeOver));
-                self.life = Life::TakingOver { predecessor };
-            }
-            None => self.take_over(now, fx),
-        }
-    }
-
-    fn on_released(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        if !matches!(self.life, Life::TakingOver { .. }) {
-            return tracing::warn!("unexpected Released from the previous generation");
-        }
-        let every_slot_ready = self
-            .slots
-            .iter()
-            .all(|s| matches!(s, Slot::Running(w) if w.state == WorkerState::Ready));
-        if every_slot_ready {
-            self.take_over(now, fx);
-        } else {
-            self.fail_start("a worker of the new generation is gone".into(), now, fx);
-        }
-    }
-
-    fn on_predecessor_gone(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        match self.life {
-            Life::Starting {
-                predecessor: Some(pid),
-            } => {
-                tracing::info!("the previous generation (pid {pid}) is gone");
-                self.life = Life::Starting { predecessor: None };
-                self.check_started(now, fx);
-            }
-            Life::TakingOver { predecessor } => {
-                tracing::info!("the previous generation (pid {predecessor}) is gone");
-                self.life = Life::Starting { predecessor: None };
-                self.check_started(now, fx);
-            }
-            _ => {}
-        }
-    }
-
-    /// Lets every worker go, then tells the predecessor, then claims the
-    /// files: nothing the workers wait for comes after anything else.
-    fn take_over(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        let predecessor = self.predecessor();
-        for w in self.running() {
-            fx.push(Effect::Send {
-                pid: w.pid,
-                message: ToWorker::Go,
-            });
-        }
-        if predecessor.is_some() {
-            fx.push(Effect::ToPredecessor(NewToOld::TookOver));
-        }
-        self.life = Life::Serving { reload: None };
-        fx.extend([
-            Effect::Unboost,
-            Effect::ClaimPidFile,
-            Effect::WriteStatus,
-            Effect::Notify(Notice::Serving),
-        ]);
-        match predecessor {
-            Some(pid) => tracing::info!("took over from pid {pid} in {:?}", now - self.started),
-            None => tracing::info!("took over in {:?}", now - self.started),
-        }
-    }
-
-    /// The start failed: tell the predecessor (it carries on), and stop.
-    fn fail_start(&mut self, problem: String, now: Instant, fx: &mut Vec<Effect>) {
-        if self.predecessor().is_some() {
-            fx.push(Effect::ToPredecessor(NewToOld::Failed(problem.clone())));
-        }
-        self.begin_stop(StopCause::StartFailed(problem), now, fx);
-    }
-
-    // ---- reloading (as the old generation) ----
-
-    fn on_successor(&mut self, message: NewToOld, now: Instant, fx: &mut Vec<Effect>) {
-        let Some(reload) = self.reload().copied() else {
-            return tracing::debug!("message from a past successor ignored: {message:?}");
-        };
-        match (message, reload.stage) {
-            (NewToOld::ReadyToTakeOver, ReloadStage::Starting) => {
-                tracing::info!(
-                    "generation {} (pid {}) is ready: stepping aside",
-                    reload.generation,
-                    reload.successor
-                );
-                // Our workers stop accepting; what waits stays queued in the
-                // shared sockets for the new workers.
-                for slot in &mut self.slots {
-                    match std::mem::replace(slot, Slot::Empty { respawn_at: None }) {
-                        Slot::Running(w) => {
-                            fx.push(Effect::Send {
-                                pid: w.pid,
-                                message: ToWorker::Stop(StopReason::Reload),
-                            });
-                            self.draining.push(Draining {
-                                pid: w.pid,
-                                failure: w.failure,
-                                killed: false,
-                            });
-                        }
-                        Slot::Empty { .. } => {}
-                    }
-                }
-                fx.push(Effect::Release);
-                self.life = Life::Serving {
-                    reload: Some(Reload {
-                        stage: ReloadStage::Released,
-                        ..reload
-                    }),
-                };
-            }
-            (NewToOld::TookOver, ReloadStage::Released) => {
-                tracing::info!(
-                    "generation {} (pid {}) took over: finishing",
-                    reload.generation,
-                    reload.successor
-                );
-                fx.push(Effect::Notify(Notice::HandedOver {
-                    pid: reload.successor,
-                    generation: reload.generation,
-                }));
-                fx.push(Effect::Unboost);
-                let cause = StopCause::HandedOver {
-                    successor: reload.successor,
-                };
-                self.life = Life::Stopping {
-                    cause,
-                    deadline: later(now, self.timing.shutdown_timeout),
-                    in_charge: false,
-                };
-            }
-            (NewToOld::Failed(reason), _) => self.reload_failed(reason, now, fx),
-            (other, stage) => {
-                tracing::warn!("unexpected {other:?} from the new generation while {stage:?}")
-            }
-        }
-    }
-
-    /// The reload is over and we are still in charge: if our workers were
-    /// already released, they are replaced at once.
-    fn reload_failed(&mut self, reason: String, now: Instant, fx: &mut Vec<Effect>) {
-        let Life::Serving { reload } = &mut self.life else {
-            return;
-        };
-        let released = reload.is_some_and(|r| r.stage == ReloadStage::Released);
-        if let Some(r) = reload.take() {
-            fx.push(Effect::KillSuccessor { pid: r.successor });
-        }
-        tracing::error!("reload failed: {reason}");
-        self.last_reload = format!("failed: {reason}");
-        fx.push(Effect::Unboost);
-        if released {
-            tracing::info!("resuming: respawning every worker now");
-            fx.push(Effect::ClaimPidFile);
-            for slot in &mut self.slots {
-                *slot = Slot::Empty {
-                    respawn_at: Some(now),
-                };
-            }
-            self.on_tick(now, fx);
-        }
-        fx.extend([
-            Effect::Notify(Notice::ReloadFailed(reason)),
-            Effect::WriteStatus,
-        ]);
-    }
-
     // ---- stopping ----
 
-    fn begin_stop(&mut self, cause: StopCause, now: Instant, fx: &mut Vec<Effect>) {
+    pub(super) fn begin_stop(&mut self, cause: StopCause, now: Instant, fx: &mut Vec<Effect>) {
         let in_charge = self.in_charge();
         let reason = StopReason::for_cause(&cause);
         for slot in &mut self.slots {
@@ -506,7 +246,7 @@ impl Machine {
         }
     }
 
-    fn kill_draining(&mut self, fx: &mut Vec<Effect>) {
+    pub(super) fn kill_draining(&mut self, fx: &mut Vec<Effect>) {
         for d in self.draining.iter_mut().filter(|d| !d.killed) {
             d.killed = true;
             fx.push(Effect::Kill { pid: d.pid });
@@ -535,7 +275,7 @@ impl Machine {
 
     // ---- timers ----
 
-    fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+    pub(super) fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         match &self.life {
             Life::Stopping { deadline, .. } => {
                 if now >= *deadline && self.draining.iter().any(|d| !d.killed) {
@@ -576,7 +316,7 @@ impl Machine {
 
     // ---- lookups ----
 
-    fn running(&self) -> impl Iterator<Item = &Worker> {
+    pub(super) fn running(&self) -> impl Iterator<Item = &Worker> {
         self.slots.iter().filter_map(|s| match s {
             Slot::Running(w) => Some(w),
             Slot::Empty { .. } => None,

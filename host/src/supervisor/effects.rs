@@ -8,11 +8,9 @@ use nix::sys::signal::{kill, killpg, Signal};
 use super::runtime::{Outcome, Runtime};
 use crate::channel::OldToNew;
 use crate::error::Error;
-use crate::lifecycle::{Effect, Event, Life, Notice};
-use crate::notify;
+use crate::lifecycle::{Effect, Event};
 use crate::priority;
 use crate::reload::{self, Handoff};
-use crate::status::{self, State, Status};
 
 impl Runtime {
     /// Performs `effects` in order. An effect that answers with an event
@@ -72,7 +70,7 @@ impl Runtime {
                     None
                 }
                 Effect::Notify(notice) => {
-                    notify_systemd(notice, self.machine.generation);
+                    self.notify(notice);
                     None
                 }
                 Effect::Unboost => {
@@ -122,40 +120,5 @@ impl Runtime {
                 tracing::warn!("cannot return to nice {nice}: {e}");
             }
         }
-    }
-
-    fn write_status(&self) {
-        let Some(pid_file) = self.pid_file.as_ref().filter(|_| self.machine.in_charge()) else {
-            return;
-        };
-        let state = match &self.machine.life {
-            Life::Starting { .. } | Life::TakingOver { .. } => State::Starting,
-            Life::Serving { reload: Some(_) } => State::Reloading,
-            Life::Serving { reload: None } => State::Serving,
-            Life::Stopping { .. } => State::Stopping,
-        };
-        let status = Status {
-            pid: std::process::id(),
-            generation: self.machine.generation,
-            state,
-            reloads: self.machine.reloads,
-            last_reload: self.machine.last_reload.clone(),
-            listen: self.listeners.local_addrs(),
-        };
-        if let Err(e) = status::write(&status::path_for(pid_file.path()), &status) {
-            tracing::warn!("cannot write the status file: {e}");
-        }
-    }
-}
-
-fn notify_systemd(notice: Notice, generation: u64) {
-    match notice {
-        Notice::Serving => notify::serving(generation),
-        Notice::Reloading { generation } => notify::reloading(generation),
-        Notice::ReloadFailed(reason) => notify::reload_failed(&reason),
-        Notice::HandedOver { pid, generation } => {
-            notify::handed_over(pid.as_raw() as u32, generation)
-        }
-        Notice::Stopping => notify::stopping(),
     }
 }

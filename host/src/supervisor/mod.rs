@@ -1,13 +1,15 @@
 //! The supervisor: one thread, one poll loop. `lifecycle` decides what to do;
 //! this module sets a generation up (`mod.rs`), turns file descriptors,
 //! signals, child exits and timers into events (`runtime`), and performs the
-//! effects the lifecycle returns (`effects`, forking workers in `pool`).
+//! effects the lifecycle returns (`effects`, forking workers in `pool`,
+//! writing the status file and telling systemd in `report`).
 //!
 //! The hot-reload protocol it runs is described in the crate docs (`main.rs`),
 //! step by step.
 
 mod effects;
 mod pool;
+mod report;
 mod runtime;
 
 use std::ffi::OsString;
