@@ -217,7 +217,7 @@ fn assert_command_timeout_over_a_day_is_refused(command: &str) {
     );
     let status = read_status(&pid_file).expect("a status file");
     assert!(
-        status.serving(host.pid(), 1) && status.reloads == 0 && alive(host.pid()),
+        status.serving(host.supervisor(), 1) && status.reloads == 0 && alive(host.supervisor()),
         "the host was left alone: {status:?}"
     );
 }

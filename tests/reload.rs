@@ -125,18 +125,18 @@ fn twenty_reloads_between_two_builds_under_load_lose_no_request() {
 fn ticker_reloads_and_the_command_names_the_new_supervisor() {
     let dir = temp_dir();
     let pid_file = dir.path().join("ticker.pid");
-    let (mut host, ticks) = start_ticker(dir.path(), &["--pid-file", pid_file.to_str().unwrap()]);
+    let (host, ticks) = start_ticker(dir.path(), &["--pid-file", pid_file.to_str().unwrap()]);
     host.wait_serving();
     let old_worker = eventually("a tick", LONG, || tick_pids(&ticks).first().copied());
     let (ok, out, err) = reload(&pid_file);
     assert!(ok, "{err}");
     let new_pid = pid_in(&pid_file).unwrap();
-    assert_ne!(new_pid, host.pid());
+    assert_ne!(new_pid, host.supervisor());
     assert_eq!(
         out.trim(),
         format!(
             "reloaded: generation 2 is serving as pid {new_pid} (was pid {})",
-            host.pid()
+            host.supervisor()
         )
     );
     eventually("a tick from generation 2", LONG, || {
@@ -149,11 +149,8 @@ fn ticker_reloads_and_the_command_names_the_new_supervisor() {
     eventually("the old worker's shutdown line", LONG, || {
         lines(&ticks).contains(&shutdown).then_some(())
     });
-    assert_eq!(
-        host.wait_exit(LONG).code(),
-        Some(0),
-        "the old supervisor exits 0"
-    );
+    wait_gone("the old supervisor", host.supervisor(), LONG);
+    assert!(alive(host.pid()), "the anchor stays");
     let (status, out, _) =
         host_command(&["status", "--pid-file", pid_file.to_str().unwrap()], LONG);
     assert!(
@@ -216,7 +213,7 @@ fn assert_reload_fails(
     );
     service.host.wait_for_log("reload failed: ", LONG);
 
-    assert_eq!(pid_in(&service.pid_file), Some(service.host.pid()));
+    assert_eq!(pid_in(&service.pid_file), Some(service.host.supervisor()));
     assert_eq!(
         identity(&http_get(addr).unwrap()),
         (1, worker),
@@ -317,7 +314,7 @@ fn killing_the_new_supervisor_mid_reload_leaves_the_old_serving() {
     let (_, worker) = identity(&http_get(addr).unwrap());
     copy_atomically(&faulty, &service.plugin);
 
-    signal(service.host.pid(), Signal::SIGUSR2);
+    signal(service.host.supervisor(), Signal::SIGUSR2);
     let line = service
         .host
         .wait_for_log("generation 2 starting as pid ", LONG);
@@ -333,7 +330,7 @@ fn killing_the_new_supervisor_mid_reload_leaves_the_old_serving() {
         (!alive(new_worker)).then_some(())
     });
     assert_eq!(identity(&http_get(addr).unwrap()), (1, worker));
-    assert_eq!(pid_in(&service.pid_file), Some(service.host.pid()));
+    assert_eq!(pid_in(&service.pid_file), Some(service.host.supervisor()));
 }
 
 #[test]
@@ -435,14 +432,14 @@ fn plugin_that_cannot_hot_reload_ignores_sigusr2() {
         err.contains("reload ignored: the plugin cannot hot-reload"),
         "{err}"
     );
-    signal(host.pid(), Signal::SIGUSR2);
+    signal(host.supervisor(), Signal::SIGUSR2);
     host.wait_for_nth_log("SIGUSR2 ignored: the plugin cannot hot-reload", 2, LONG);
     assert!(
-        !host.log_text().contains("starting as pid"),
+        !host.log_text().contains("generation 2 starting as pid"),
         "no new generation"
     );
-    assert_eq!(pid_in(&pid_file), Some(host.pid()));
-    assert!(alive(host.pid()));
+    assert_eq!(pid_in(&pid_file), Some(host.supervisor()));
+    assert!(alive(host.supervisor()));
 }
 
 #[test]
@@ -491,7 +488,7 @@ fn reload_execs_a_rebuilt_host_binary_and_survives_a_missing_one() {
         err.contains("reload failed: cannot exec") && err.contains("No such file"),
         "{err}"
     );
-    assert!(alive(host.pid()));
+    assert!(alive(host.supervisor()));
     let worker = eventually("a tick", LONG, || tick_pids(&ticks).first().copied());
     assert!(alive(worker), "the serving worker is untouched");
 
@@ -509,7 +506,7 @@ fn reload_execs_a_rebuilt_host_binary_and_survives_a_missing_one() {
 }
 
 #[test]
-fn systemd_hears_ready_reloading_the_new_main_pid_and_stopping() {
+fn systemd_hears_ready_reloading_ready_and_stopping_from_one_main_pid() {
     let dir = temp_dir();
     let socket = dir.path().join("notify.sock");
     let systemd = UnixDatagram::bind(&socket).unwrap();
@@ -540,12 +537,16 @@ fn systemd_hears_ready_reloading_the_new_main_pid_and_stopping() {
 
     let (ok, _, err) = reload(&pid_file);
     assert!(ok, "{err}");
-    let new_pid = pid_in(&pid_file).unwrap();
     assert!(wait_for("RELOADING=1").contains("MONOTONIC_USEC="));
-    wait_for(&format!("MAINPID={new_pid}\nREADY=1"));
+    assert!(wait_for("READY=1").contains("STATUS=serving (generation 2)"));
 
-    signal(new_pid, Signal::SIGTERM);
+    // systemd's MAINPID, the anchor, stays for the service's whole life.
+    signal(faulty.host.pid(), Signal::SIGTERM);
     wait_for("STOPPING=1");
+    assert!(
+        !heard.iter().any(|m| m.contains("MAINPID=")),
+        "the main pid never changes: {heard:?}"
+    );
     let events = lines(&faulty.events);
     assert!(
         !events.is_empty() && events.iter().all(|l| l.ends_with("leaked_vars=0")),
@@ -575,7 +576,7 @@ fn starting_with_reload_if_running_starts_or_reloads() {
         out.trim(),
         format!(
             "reloaded: generation 2 is serving as pid {new_pid} (was pid {})",
-            first.pid()
+            first.supervisor()
         )
     );
 }

@@ -40,12 +40,12 @@ fn worker_serves_http_with_its_identity() {
     let (_, worker) = identity(&body);
     assert_ne!(
         worker,
-        host.pid(),
+        host.supervisor(),
         "the plugin runs in a worker, not in the supervisor"
     );
     let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
     assert!(
-        status.contains(&format!("PPid:\t{}", host.pid())),
+        status.contains(&format!("PPid:\t{}", host.supervisor())),
         "the worker is the supervisor's child"
     );
     // The plugin's own tracing events come out of the host's log, tagged.
@@ -66,9 +66,10 @@ fn three_workers_run() {
     for &pid in &pids {
         assert!(alive(pid), "worker {pid} runs");
     }
-    // The host's processes (found by their tag, see support) are these.
+    // The host's processes (found by their tag, see support) are these,
+    // the anchor and the supervisor.
     let mut expected = pids;
-    expected.push(host.pid());
+    expected.extend([host.pid(), host.supervisor()]);
     expected.sort_unstable();
     assert_eq!(host.processes(), expected);
 }
@@ -105,7 +106,7 @@ fn killed_supervisor_makes_the_worker_shut_down_within_a_second() {
     let (host, ticks) = start_ticker(dir.path(), &[]);
     let worker = eventually("a first tick", LONG, || tick_pids(&ticks).first().copied());
     let killed_at = Instant::now();
-    signal(host.pid(), Signal::SIGKILL);
+    signal(host.supervisor(), Signal::SIGKILL);
     let shutdown = format!("shutdown pid={worker}");
     eventually("the worker's shutdown line", Duration::from_secs(1), || {
         lines(&ticks).contains(&shutdown).then_some(())
@@ -166,7 +167,7 @@ fn sigterm_to_one_worker_shuts_it_down_and_respawns_it() {
     });
     assert_ne!(first, second);
     assert!(lines(&ticks).contains(&format!("shutdown pid={first}")));
-    assert!(alive(host.pid()));
+    assert!(alive(host.supervisor()));
 }
 
 #[test]
@@ -207,10 +208,10 @@ fn second_instance_is_refused_naming_the_running_pid() {
     );
     assert!(!status.success());
     assert!(
-        log.contains(&format!("already running as pid {}", first.pid())),
+        log.contains(&format!("already running as pid {}", first.supervisor())),
         "{log}"
     );
-    assert!(alive(first.pid()));
+    assert!(alive(first.supervisor()));
 }
 
 #[test]
@@ -222,7 +223,7 @@ fn stale_pid_file_is_taken_over() {
     host.wait_serving();
     assert_eq!(
         std::fs::read_to_string(&pid_file).unwrap(),
-        format!("{}\n", host.pid())
+        format!("{}\n", host.supervisor())
     );
 }
 
@@ -241,7 +242,7 @@ fn status_and_stop_commands_control_a_running_host() {
     assert!(
         text.contains(&format!(
             "running: pid {}, generation 1, serving",
-            host.pid()
+            host.supervisor()
         )),
         "{text}"
     );

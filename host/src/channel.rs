@@ -63,6 +63,26 @@ pub enum OldToNew {
     Released,
 }
 
+/// a supervisor -> the anchor (every generation holds a copy of one end).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ToAnchor {
+    /// This supervisor is in charge and serves.
+    Serving { pid: u32, generation: u64 },
+    /// This supervisor started the next generation, `successor`.
+    Reloading { successor: u32, generation: u64 },
+    /// The reload failed; this supervisor stays in charge.
+    ReloadFailed(String),
+    /// The supervisor in charge stops the service (an operator asked).
+    Stopping { pid: u32 },
+    /// A generation could not start, and why.
+    Failed(String),
+}
+
+/// No message: the type of what the anchor sends (it only listens, and a
+/// generation sees its exit as the channel's hang-up).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nothing {}
+
 /// A message type's encoding: one tag byte, then its payload.
 pub trait Wire: Sized {
     fn encode(&self, buf: &mut Vec<u8>);
@@ -162,6 +182,56 @@ impl Wire for OldToNew {
     }
 }
 
+impl Wire for ToAnchor {
+    fn encode(&self, buf: &mut Vec<u8>) {
+        let (tag, text) = match self {
+            ToAnchor::Serving { pid, generation } => (b'S', format!("{pid} {generation}")),
+            ToAnchor::Reloading {
+                successor,
+                generation,
+            } => (b'R', format!("{successor} {generation}")),
+            ToAnchor::ReloadFailed(reason) => (b'E', reason.clone()),
+            ToAnchor::Stopping { pid } => (b'X', pid.to_string()),
+            ToAnchor::Failed(reason) => (b'F', reason.clone()),
+        };
+        buf.push(tag);
+        push_text(buf, &text);
+    }
+
+    fn decode(tag: u8, payload: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(payload).ok();
+        let pair = || {
+            let (a, b) = text?.split_once(' ')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        };
+        match tag {
+            b'S' => pair().map(|(pid, generation)| ToAnchor::Serving { pid, generation }),
+            b'R' => pair().map(|(successor, generation)| ToAnchor::Reloading {
+                successor,
+                generation,
+            }),
+            b'E' => Some(ToAnchor::ReloadFailed(
+                String::from_utf8_lossy(payload).into(),
+            )),
+            b'X' => Some(ToAnchor::Stopping {
+                pid: text?.parse().ok()?,
+            }),
+            b'F' => Some(ToAnchor::Failed(String::from_utf8_lossy(payload).into())),
+            _ => None,
+        }
+    }
+}
+
+impl Wire for Nothing {
+    fn encode(&self, _: &mut Vec<u8>) {
+        match *self {}
+    }
+
+    fn decode(_: u8, _: &[u8]) -> Option<Self> {
+        None
+    }
+}
+
 /// What a non-blocking receive found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Received<M> {
@@ -185,6 +255,10 @@ pub type WorkerEnd = Channel<FromWorker, ToWorker>;
 pub type NewEnd = Channel<NewToOld, OldToNew>;
 /// The old generation's end.
 pub type OldEnd = Channel<OldToNew, NewToOld>;
+/// A supervisor's end of the anchor channel.
+pub type ToAnchorEnd = Channel<ToAnchor, Nothing>;
+/// The anchor's end.
+pub type AnchorEnd = Channel<Nothing, ToAnchor>;
 
 impl<S: Wire, R: Wire> Channel<S, R> {
     /// A connected pair, both ends close-on-exec.
@@ -331,6 +405,24 @@ mod tests {
             ],
         );
         round_trip(&old, &new, &[OldToNew::Released]);
+        let (generation, anchor) = ToAnchorEnd::pair().unwrap();
+        round_trip(
+            &generation,
+            &anchor,
+            &[
+                ToAnchor::Serving {
+                    pid: 7,
+                    generation: 3,
+                },
+                ToAnchor::Reloading {
+                    successor: 8,
+                    generation: 4,
+                },
+                ToAnchor::ReloadFailed("bad plugin".into()),
+                ToAnchor::Stopping { pid: 7 },
+                ToAnchor::Failed("no --listen".into()),
+            ],
+        );
         assert_eq!(sup.try_recv().unwrap(), Received::Empty);
         drop(worker);
         assert_eq!(sup.try_recv().unwrap(), Received::Closed);

@@ -101,6 +101,16 @@ pub struct RunArgs {
     #[arg(long, requires = "pid_file")]
     pub reload_if_running: bool,
 
+    /// Detach into the background (own session, working directory /), and
+    /// return only once the service serves: exit 0 then, or non-zero with
+    /// the reason. Give plugin arguments as absolute paths.
+    #[arg(long)]
+    pub daemonize: bool,
+
+    /// With --daemonize: append the log to FILE (default: discard it).
+    #[arg(long, value_name = "FILE", requires = "daemonize")]
+    pub log_file: Option<PathBuf>,
+
     /// Arguments for the plugin's constructor (write them after `--`).
     #[arg(last = true, value_name = "PLUGIN_ARGS")]
     pub plugin_args: Vec<String>,

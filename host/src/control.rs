@@ -120,9 +120,13 @@ fn show_status(pid_file: &Path) -> Result<(), Error> {
             } else {
                 format!(", last reload: {}", s.last_reload)
             };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let up = now.saturating_sub(s.anchor_since);
             println!(
-                "running: pid {pid}, generation {}, {state}{listen}{last}",
-                s.generation
+                "running: pid {pid}, generation {}, {state}{listen}{last}; anchor pid {}, up {up}s",
+                s.generation, s.anchor
             );
         }
         None => println!("running: pid {pid}"),

@@ -28,6 +28,7 @@ pub enum Role {
     Host = 0,
     Supervisor = 1,
     Worker = 2,
+    Anchor = 3,
 }
 
 /// Sets what this process logs as: called by the supervisor at start and by
@@ -82,6 +83,7 @@ where
                 writer,
                 " {level:>5} supervisor[gen={generation} pid={pid}]: "
             )?,
+            r if r == Role::Anchor as u8 => write!(writer, " {level:>5} anchor[pid={pid}]: ")?,
             r if r == Role::Worker as u8 => {
                 write!(writer, " {level:>5} worker[gen={generation} pid={pid}]: ")?
             }

@@ -36,9 +36,11 @@
 //! inherits (see `pidfile`). A new generation's start-up runs with a CPU
 //! head start when allowed (see `priority`).
 
+mod anchor;
 mod channel;
 mod cli;
 mod control;
+mod daemon;
 mod error;
 mod lifecycle;
 mod listeners;
@@ -59,7 +61,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     // Before anything else, while this is the only thread: no later code,
-    // and no process we start, may see the variables of a hot reload.
+    // and no process we start, may see the variables of a generation.
     let inherited = reload::take_inherited_env();
     let cli = cli::Cli::try_parse().unwrap_or_else(|e| {
         if let Some(env) = &inherited {
@@ -68,17 +70,42 @@ fn main() -> ExitCode {
         }
         e.exit()
     });
-    logging::init();
-    let result = match cli.command {
-        Some(command) => control::run(command),
-        None => supervisor::Config::from_args(cli.run)
-            .and_then(|config| supervisor::run(config, inherited)),
+    let result = match (cli.command, inherited) {
+        (Some(command), _) => {
+            logging::init();
+            control::run(command).map(|()| 0)
+        }
+        // Started by the anchor or by the generation it replaces.
+        (None, Some(env)) => {
+            logging::init();
+            supervisor::Config::from_args(cli.run)
+                .and_then(|config| supervisor::run(config, env))
+                .map(|()| 0)
+        }
+        // Started by the user: the anchor.
+        (None, None) => supervisor::Config::from_args(cli.run).and_then(run_anchor),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("host: error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_anchor(mut config: supervisor::Config) -> Result<i32, error::Error> {
+    let readiness = if config.daemonize {
+        // Paths must survive the move to `/`.
+        config.args = daemon::absolute_args(&config.args);
+        config.plugin = daemon::absolute(&config.plugin);
+        config.pid_file = config.pid_file.as_deref().map(daemon::absolute);
+        config.log_file = config.log_file.as_deref().map(daemon::absolute);
+        // One thread yet: logging starts after the forks.
+        Some(daemon::daemonize(config.log_file.as_deref())?)
+    } else {
+        None
+    };
+    logging::init();
+    anchor::run(config, readiness)
 }

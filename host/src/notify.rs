@@ -1,11 +1,10 @@
 //! systemd readiness notification, when systemd started the host
-//! (`NOTIFY_SOCKET` is set; `Type=notify` or `Type=notify-reload`). The live
-//! supervisor reports `READY=1` once serving, `RELOADING=1` while a new
-//! generation starts, and `STOPPING=1` when it stops; on handing over, the
-//! old supervisor names the new one with `MAINPID=`, which systemd accepts
-//! from the main process with the default `NotifyAccess=main`. Workers never
-//! see `NOTIFY_SOCKET`; new generations get it through the environment.
-//! Without `NOTIFY_SOCKET` every call here does nothing.
+//! (`NOTIFY_SOCKET` is set; `Type=notify` or `Type=notify-reload`). Only the
+//! anchor, the main process for the service's whole life, sends: `READY=1`
+//! once a generation serves, `RELOADING=1` while a new one starts (and
+//! `READY=1` again when it serves or the reload fails), `STOPPING=1` when
+//! the service stops. `NotifyAccess=main` suffices. Supervisors and workers
+//! never see `NOTIFY_SOCKET`. Without it every call here does nothing.
 
 use sd_notify::NotifyState;
 
@@ -22,15 +21,6 @@ pub fn reloading(next_generation: u64) {
         states.push(now);
     }
     send(&states);
-}
-
-pub fn handed_over(pid: u32, generation: u64) {
-    let status = format!("serving (generation {generation})");
-    send(&[
-        NotifyState::MainPid(pid),
-        NotifyState::Ready,
-        NotifyState::Status(&status),
-    ]);
 }
 
 pub fn reload_failed(reason: &str) {

@@ -18,7 +18,7 @@ use std::process::Command;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::unistd::Pid;
 
-use crate::channel::{NewEnd, NewToOld, OldEnd};
+use crate::channel::{NewEnd, NewToOld, OldEnd, ToAnchor, ToAnchorEnd};
 use crate::error::Error;
 use crate::priority;
 
@@ -28,13 +28,19 @@ const HANDOVER_FD: &str = "HOST_INHERIT_HANDOVER_FD";
 const PIDFILE_FD: &str = "HOST_INHERIT_PIDFILE_FD";
 const PREDECESSOR: &str = "HOST_INHERIT_PREDECESSOR";
 const BASE_NICE: &str = "HOST_INHERIT_BASE_NICE";
-const ALL: [&str; 6] = [
+const ANCHOR_FD: &str = "HOST_INHERIT_ANCHOR_FD";
+const ANCHOR_PID: &str = "HOST_INHERIT_ANCHOR_PID";
+const ANCHOR_SINCE: &str = "HOST_INHERIT_ANCHOR_SINCE";
+const ALL: [&str; 9] = [
     GENERATION,
     LISTEN_FDS,
     HANDOVER_FD,
     PIDFILE_FD,
     PREDECESSOR,
     BASE_NICE,
+    ANCHOR_FD,
+    ANCHOR_PID,
+    ANCHOR_SINCE,
 ];
 
 /// The `HOST_INHERIT_*` variables as found at start, before validation.
@@ -59,40 +65,60 @@ pub fn take_inherited_env() -> Option<InheritedEnv> {
 }
 
 impl InheritedEnv {
-    /// Tells the previous generation why this one gives up before it could
-    /// even adopt what it inherited (its command line did not parse, say).
+    /// Tells the previous generation, or the anchor, why this one gives up
+    /// before it could even adopt what it inherited (its command line did
+    /// not parse, say).
     pub fn report_failure(&self, reason: &str) {
-        let fd = self.0.iter().find(|(name, _)| *name == HANDOVER_FD);
-        let Some(fd) = fd.and_then(|(_, v)| v.to_str()?.parse::<RawFd>().ok()) else {
-            return;
-        };
-        // SAFETY: F_GETFD only reads the descriptor's flags.
-        if fd <= 2 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-            return;
+        if let Some(fd) = self.open_fd(HANDOVER_FD) {
+            // SAFETY: the descriptor is open (checked by open_fd) and was
+            // passed to this process for exactly this channel; it is used
+            // once, just before the process exits, and not closed here.
+            let channel =
+                std::mem::ManuallyDrop::new(NewEnd::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }));
+            let _ = channel.send(&NewToOld::Failed(reason.to_owned()));
+        } else if let Some(fd) = self.open_fd(ANCHOR_FD) {
+            // SAFETY: as above, for the anchor channel.
+            let channel = std::mem::ManuallyDrop::new(ToAnchorEnd::from_fd(unsafe {
+                OwnedFd::from_raw_fd(fd)
+            }));
+            let _ = channel.send(&ToAnchor::Failed(reason.to_owned()));
         }
-        // SAFETY: the descriptor is open (checked above) and was passed to
-        // this process for exactly this channel; it is used once, just
-        // before the process exits, and not closed here.
-        let channel =
-            std::mem::ManuallyDrop::new(NewEnd::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }));
-        let _ = channel.send(&NewToOld::Failed(reason.to_owned()));
+    }
+
+    /// The descriptor variable `name` names, if it is set and open.
+    fn open_fd(&self, name: &str) -> Option<RawFd> {
+        let value = self.0.iter().find(|(n, _)| *n == name)?;
+        let fd = value.1.to_str()?.parse::<RawFd>().ok()?;
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        (fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0).then_some(fd)
     }
 }
 
-/// What a new generation inherits from the one it replaces.
+/// What a generation inherits from the anchor, and from the generation it
+/// replaces, if any.
 pub struct Inherited {
     pub generation: u64,
     /// The nice value to return to on taking over (see `priority`).
-    pub base_nice: i32,
+    pub base_nice: Option<i32>,
     pub listeners: Vec<OwnedFd>,
     pub pid_file: Option<OwnedFd>,
-    pub predecessor: Predecessor,
+    pub anchor: Anchor,
+    /// None for a generation the anchor started.
+    pub predecessor: Option<Predecessor>,
 }
 
 /// The generation being replaced, as seen by its successor.
 pub struct Predecessor {
     pub pid: Pid,
     pub channel: NewEnd,
+}
+
+/// The anchor, as a generation sees it.
+pub struct Anchor {
+    pub pid: u32,
+    /// When it started, in seconds since the Unix epoch.
+    pub since: u64,
+    pub channel: ToAnchorEnd,
 }
 
 impl Inherited {
@@ -110,45 +136,76 @@ impl Inherited {
                 .into_string()
                 .map_err(|_| Error::Inherit(format!("{name} is not text")))
         };
-        let number = |name: &str, text: &str| -> Result<i64, Error> {
+        let number = |name: &str| -> Result<i64, Error> {
+            let text = get(name)?;
             text.parse()
                 .map_err(|_| Error::Inherit(format!("{name}={text} is not a number")))
         };
-        // The handover channel first: if anything below fails, the old
-        // generation should hear why.
-        let handover = NewEnd::from_fd(adopt_fd(
-            HANDOVER_FD,
-            number(HANDOVER_FD, &get(HANDOVER_FD)?)?,
-        )?);
+        // The channels first: if anything below fails, the previous
+        // generation (or the anchor) should hear why.
+        let anchor = ToAnchorEnd::from_fd(adopt_fd(ANCHOR_FD, number(ANCHOR_FD)?)?);
+        let handover = match get(HANDOVER_FD) {
+            Ok(_) => Some(NewEnd::from_fd(adopt_fd(
+                HANDOVER_FD,
+                number(HANDOVER_FD)?,
+            )?)),
+            Err(_) => None,
+        };
         let result = (|| -> Result<_, Error> {
-            let generation = number(GENERATION, &get(GENERATION)?)?;
-            let predecessor = number(PREDECESSOR, &get(PREDECESSOR)?)?;
-            let base_nice = number(BASE_NICE, &get(BASE_NICE)?)?;
-            let listen = get(LISTEN_FDS)?;
-            let listeners = listen
+            let generation = number(GENERATION)? as u64;
+            let predecessor = match handover.is_some() {
+                true => Some(Pid::from_raw(number(PREDECESSOR)? as i32)),
+                false => None,
+            };
+            let base_nice = number(BASE_NICE).ok().map(|n| n as i32);
+            let anchor_pid = number(ANCHOR_PID)? as u32;
+            let anchor_since = number(ANCHOR_SINCE)? as u64;
+            let listeners = get(LISTEN_FDS)?
                 .split(',')
                 .filter(|s| !s.is_empty())
-                .map(|fd| adopt_fd(LISTEN_FDS, number(LISTEN_FDS, fd)?))
+                .map(|fd| {
+                    let fd = fd.parse().map_err(|_| {
+                        Error::Inherit(format!("{LISTEN_FDS}: {fd} is not a number"))
+                    })?;
+                    adopt_fd(LISTEN_FDS, fd)
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let pid_file = match get(PIDFILE_FD) {
-                Ok(fd) => Some(adopt_fd(PIDFILE_FD, number(PIDFILE_FD, &fd)?)?),
+                Ok(_) => Some(adopt_fd(PIDFILE_FD, number(PIDFILE_FD)?)?),
                 Err(_) => None,
             };
-            Ok((generation, predecessor, base_nice, listeners, pid_file))
-        })();
-        match result {
-            Ok((generation, predecessor, base_nice, listeners, pid_file)) => Ok(Inherited {
-                generation: generation as u64,
-                base_nice: base_nice as i32,
+            Ok((
+                generation,
+                predecessor,
+                base_nice,
+                anchor_pid,
+                anchor_since,
                 listeners,
                 pid_file,
-                predecessor: Predecessor {
-                    pid: Pid::from_raw(predecessor as i32),
-                    channel: handover,
-                },
-            }),
+            ))
+        })();
+        match result {
+            Ok((generation, predecessor, base_nice, pid, since, listeners, pid_file)) => {
+                Ok(Inherited {
+                    generation,
+                    base_nice,
+                    listeners,
+                    pid_file,
+                    anchor: Anchor {
+                        pid,
+                        since,
+                        channel: anchor,
+                    },
+                    predecessor: predecessor
+                        .zip(handover)
+                        .map(|(pid, channel)| Predecessor { pid, channel }),
+                })
+            }
             Err(e) => {
-                let _ = handover.send(&NewToOld::Failed(e.to_string()));
+                match &handover {
+                    Some(h) => drop(h.send(&NewToOld::Failed(e.to_string()))),
+                    None => drop(anchor.send(&ToAnchor::Failed(e.to_string()))),
+                }
                 Err(e)
             }
         }
@@ -181,24 +238,52 @@ pub struct Successor {
     pub channel: OldEnd,
 }
 
-/// What the next generation inherits, gathered by the supervisor.
+/// What a generation inherits, gathered by the anchor or by the supervisor
+/// that starts the next generation.
 pub struct Handoff<'a> {
     pub exe: &'a Path,
     pub args: &'a [OsString],
     pub generation: u64,
     pub listener_fds: Vec<RawFd>,
     pub pid_file_fd: Option<RawFd>,
-    /// This generation's nice value, which the next returns to on taking over.
-    pub base_nice: i32,
+    /// The anchor channel's generation end (every generation holds a copy),
+    /// the anchor's pid and start time (seconds since the Unix epoch).
+    pub anchor_fd: RawFd,
+    pub anchor_pid: u32,
+    pub anchor_since: u64,
+    /// The starting supervisor's nice value, which the next returns to on
+    /// taking over (see `priority`); None from the anchor (no head start).
+    pub base_nice: Option<i32>,
 }
 
-/// Starts the next generation. It runs in its own process group, so the
-/// whole generation can be killed at once if it fails to take over. A failed
-/// exec comes back as an error (`cannot exec <path>: <reason>`); this
-/// generation keeps serving regardless.
+/// Starts the next generation, by the supervisor in charge: with a
+/// hand-over channel, and a CPU head start when allowed. It runs in its own
+/// process group, so the whole generation can be killed at once if it fails
+/// to take over. A failed exec comes back as an error (`cannot exec <path>:
+/// <reason>`); this generation keeps serving regardless.
 pub fn spawn(handoff: &Handoff<'_>) -> Result<Successor, Error> {
     let (ours, theirs) = OldEnd::pair().map_err(Error::os("cannot create the handover channel"))?;
-    let generation = handoff.generation;
+    let vars = [
+        (HANDOVER_FD, theirs.as_raw_fd().to_string()),
+        (PREDECESSOR, std::process::id().to_string()),
+    ];
+    let pid = exec(handoff, &vars, Some(theirs.as_raw_fd()))?;
+    // Our copy of the new generation's channel end closes here.
+    drop(theirs);
+    Ok(Successor { pid, channel: ours })
+}
+
+/// Starts a generation with no predecessor, by the anchor: the first, or
+/// one that replaces a supervisor that died.
+pub fn start(handoff: &Handoff<'_>) -> Result<Pid, Error> {
+    exec(handoff, &[], None)
+}
+
+fn exec(
+    handoff: &Handoff<'_>,
+    extra_vars: &[(&str, String)],
+    extra_fd: Option<RawFd>,
+) -> Result<Pid, Error> {
     let listen = handoff
         .listener_fds
         .iter()
@@ -206,28 +291,38 @@ pub fn spawn(handoff: &Handoff<'_>) -> Result<Successor, Error> {
         .collect::<Vec<_>>()
         .join(",");
     let mut vars = vec![
-        (GENERATION, generation.to_string()),
+        (GENERATION, handoff.generation.to_string()),
         (LISTEN_FDS, listen),
-        (HANDOVER_FD, theirs.as_raw_fd().to_string()),
-        (PREDECESSOR, std::process::id().to_string()),
-        (BASE_NICE, handoff.base_nice.to_string()),
+        (ANCHOR_FD, handoff.anchor_fd.to_string()),
+        (ANCHOR_PID, handoff.anchor_pid.to_string()),
+        (ANCHOR_SINCE, handoff.anchor_since.to_string()),
     ];
+    vars.extend(extra_vars.iter().map(|(k, v)| (*k, v.clone())));
+    if let Some(nice) = handoff.base_nice {
+        vars.push((BASE_NICE, nice.to_string()));
+    }
     if let Some(fd) = handoff.pid_file_fd {
         vars.push((PIDFILE_FD, fd.to_string()));
     }
     // Everything the child needs is computed here, before the fork: the
     // `pre_exec` closure below only reads these two values.
     let mut inherit = handoff.listener_fds.clone();
-    inherit.push(theirs.as_raw_fd());
+    inherit.push(handoff.anchor_fd);
+    inherit.extend(extra_fd);
     inherit.extend(handoff.pid_file_fd);
-    let boosted = handoff.base_nice - priority::BOOST;
+    let boosted = handoff.base_nice.map(|nice| nice - priority::BOOST);
 
     let mut command = Command::new(handoff.exe);
     if let Some((arg0, rest)) = handoff.args.split_first() {
         command.arg0(arg0).args(rest);
     }
-    // The current environment (inherited by default) plus ours.
-    command.envs(vars).process_group(0);
+    // The current environment (inherited by default) plus ours; only the
+    // anchor talks to systemd. Its own process group: a terminal's Ctrl-C
+    // reaches the anchor, which forwards it once.
+    command
+        .envs(vars)
+        .env_remove("NOTIFY_SOCKET")
+        .process_group(0);
     // Runs in the child between fork and exec (see the SAFETY note on
     // `pre_exec` below): async-signal-safe calls only, no allocation, no
     // lock, no logging; it only reads `inherit` and `boosted`.
@@ -254,7 +349,9 @@ pub fn spawn(handoff: &Handoff<'_>) -> Result<Successor, Error> {
         }
         // Start with a head start when allowed; nothing changes otherwise.
         // (setpriority, plus reading errno on failure: no allocation.)
-        let _ = priority::set(0, boosted);
+        if let Some(nice) = boosted {
+            let _ = priority::set(0, nice);
+        }
         Ok(())
     };
     // SAFETY: the closure runs in the forked child of the supervisor, which
@@ -270,11 +367,9 @@ pub fn spawn(handoff: &Handoff<'_>) -> Result<Successor, Error> {
     let child = command
         .spawn()
         .map_err(|e| Error::Control(format!("cannot exec {}: {e}", handoff.exe.display())))?;
-    // Our copy of the new generation's channel end closes here.
-    drop(theirs);
     let pid = Pid::from_raw(child.id() as i32);
-    // Dropping a `Child` neither kills nor waits for it: the supervisor reaps
-    // every child itself with waitpid(-1).
+    // Dropping a `Child` neither kills nor waits for it: the supervisor (or
+    // the anchor) reaps every child itself with waitpid(-1).
     drop(child);
-    Ok(Successor { pid, channel: ours })
+    Ok(pid)
 }

@@ -9,6 +9,8 @@
 //! reloads=2
 //! last_reload=failed: plugin /srv/libfoo.so: not a shared library
 //! listen=127.0.0.1:8080
+//! anchor=4200
+//! anchor_since=1795000000
 //! ```
 
 use std::fs;
@@ -58,18 +60,23 @@ pub struct Status {
     /// empty if none has failed. A successful reload writes a new status.
     pub last_reload: String,
     pub listen: Vec<String>,
+    /// The anchor's pid, and when it started (seconds since the Unix epoch).
+    pub anchor: u32,
+    pub anchor_since: u64,
 }
 
 impl Status {
     fn render(&self) -> String {
         format!(
-            "pid={}\ngeneration={}\nstate={}\nreloads={}\nlast_reload={}\nlisten={}\n",
+            "pid={}\ngeneration={}\nstate={}\nreloads={}\nlast_reload={}\nlisten={}\nanchor={}\nanchor_since={}\n",
             self.pid,
             self.generation,
             self.state.as_str(),
             self.reloads,
             self.last_reload.replace('\n', " "),
-            self.listen.join(" ")
+            self.listen.join(" "),
+            self.anchor,
+            self.anchor_since
         )
     }
 
@@ -90,6 +97,8 @@ impl Status {
                 .split_whitespace()
                 .map(str::to_owned)
                 .collect(),
+            anchor: field("anchor")?.parse().ok()?,
+            anchor_since: field("anchor_since")?.parse().ok()?,
         })
     }
 }
@@ -132,6 +141,8 @@ mod tests {
             reloads: 2,
             last_reload: "failed: plugin x: bad\nsecond line".into(),
             listen: vec!["127.0.0.1:1".into(), "[::1]:2".into()],
+            anchor: 5,
+            anchor_since: 1_700_000_000,
         };
         write(&path, &status).unwrap();
         let read_back = read(&path).unwrap();

@@ -149,6 +149,13 @@ pub fn holds_for(what: &str, duration: Duration, mut f: impl FnMut() -> Result<(
     }
 }
 
+/// Waits until `pid` is gone (a zombie counts as gone), naming `what`.
+pub fn wait_gone(what: &str, pid: u32, timeout: Duration) {
+    eventually(&format!("{what} (pid {pid}) to exit"), timeout, || {
+        (!alive(pid)).then_some(())
+    });
+}
+
 /// Whether `pid` is a live process (a zombie counts as gone).
 pub fn alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/status")) {
@@ -173,6 +180,8 @@ pub struct Host {
     pub exit: Option<ExitStatus>,
     /// The value of [`TAG_VAR`] in the environment of every process of this host.
     tag: String,
+    /// The first generation's supervisor, once looked up.
+    first_supervisor: std::sync::OnceLock<u32>,
 }
 
 /// Starts `host ARGS` with its stderr in `dir/host-N.log`, at the default
@@ -208,6 +217,7 @@ pub fn start_host_from(bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &str
         log,
         exit: None,
         tag: id,
+        first_supervisor: std::sync::OnceLock::new(),
     }
 }
 
@@ -326,6 +336,20 @@ impl Host {
     /// Waits until the first generation serves.
     pub fn wait_serving(&self) {
         self.wait_for_log("serving, started in", Duration::from_secs(20));
+        self.supervisor();
+    }
+
+    /// The first generation's supervisor: the child the anchor (the process
+    /// the test started, [`Host::pid`]) started first. Look it up before a
+    /// reload ([`Host::wait_serving`] does), while it is the only child.
+    pub fn supervisor(&self) -> u32 {
+        *self.first_supervisor.get_or_init(|| {
+            eventually(
+                "the anchor to start a supervisor",
+                Duration::from_secs(20),
+                || children(self.pid()).into_iter().min(),
+            )
+        })
     }
 
     /// Waits for the supervisor to exit and returns its status.
@@ -364,21 +388,39 @@ impl Drop for Host {
                 self.log_text()
             );
         }
-        // Again until none is left: a supervisor may fork between the scan
-        // and its kill. The tag is unique, so only our processes are hit.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let pids = self.processes();
-            if pids.is_empty() || Instant::now() >= deadline {
-                break;
-            }
-            for pid in pids {
-                signal(pid, Signal::SIGKILL);
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        kill_tagged(&self.tag);
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Kills (SIGKILL) every live process whose environment holds
+/// `TAG_VAR=tag`, again until none is left (a supervisor may fork between
+/// the scan and its kill), for at most 10 s. The tag is unique, so only the
+/// processes of one test host are hit: also those the test holds no
+/// [`Child`] for, such as a daemon (`--daemonize`) or the processes in a
+/// pid namespace.
+pub fn kill_tagged(tag: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pids = tagged_processes(tag);
+        if pids.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        for pid in pids {
+            signal(pid, Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Kills every process tagged `tag` when dropped (see [`kill_tagged`]):
+/// cleanup for processes started without [`start_host`].
+pub struct KillTaggedOnDrop(pub String);
+
+impl Drop for KillTaggedOnDrop {
+    fn drop(&mut self) {
+        kill_tagged(&self.0);
     }
 }
 
@@ -393,9 +435,16 @@ pub fn run_host(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> (Exit
 
 /// `GET /` over a new connection; returns the body of a `200 OK` reply.
 pub fn http_get(addr: SocketAddr) -> std::io::Result<String> {
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+    http_get_within(addr, Duration::from_secs(5))
+}
+
+/// [`http_get`], with `timeout` for the connect, the write and each read
+/// (long enough, under load, for a request that waits in the backlog while
+/// no generation accepts).
+pub fn http_get_within(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    let mut conn = TcpStream::connect_timeout(&addr, timeout)?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
     conn.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
     let mut reply = String::new();
     conn.read_to_string(&mut reply)?;
@@ -538,6 +587,28 @@ pub fn read_status(pid_file: &Path) -> Option<StatusFile> {
         reloads: field("reloads")?.parse().ok()?,
         last_reload: field("last_reload")?.to_owned(),
     })
+}
+
+/// One `key=value` field of `FILE.status` for the pid file `pid_file`
+/// (such as `anchor` or `listen`, which [`StatusFile`] leaves out).
+pub fn status_field(pid_file: &Path, key: &str) -> Option<String> {
+    let mut path = pid_file.as_os_str().to_owned();
+    path.push(".status");
+    let text = fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_owned)
+}
+
+/// The parent of `pid` (`PPid` in its status), if it lives.
+pub fn parent(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Whether `host status --pid-file FILE` says a host runs (exits 0).

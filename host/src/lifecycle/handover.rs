@@ -62,7 +62,10 @@ impl Machine {
                     started: now,
                     stage: ReloadStage::Starting,
                 });
-                fx.push(Effect::Notify(Notice::Reloading { generation }));
+                fx.push(Effect::Notify(Notice::Reloading {
+                    generation,
+                    successor,
+                }));
                 fx.push(Effect::WriteStatus);
             }
             Err(reason) => self.reload_failed(reason, now, fx),
@@ -97,7 +100,12 @@ impl Machine {
             });
             if started {
                 self.life = Life::Serving { reload: None };
-                fx.extend([Effect::WriteStatus, Effect::Notify(Notice::Serving)]);
+                // The anchor wrote its own pid until a generation serves.
+                fx.extend([
+                    Effect::ClaimPidFile,
+                    Effect::WriteStatus,
+                    Effect::Notify(Notice::Serving),
+                ]);
                 tracing::info!("serving, started in {:?}", now - self.started);
             }
             return;
@@ -230,10 +238,6 @@ impl Machine {
                     reload.generation,
                     reload.successor
                 );
-                fx.push(Effect::Notify(Notice::HandedOver {
-                    pid: reload.successor,
-                    generation: reload.generation,
-                }));
                 fx.push(Effect::Unboost);
                 let cause = StopCause::HandedOver {
                     successor: reload.successor,

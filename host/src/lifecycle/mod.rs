@@ -160,6 +160,8 @@ pub enum Event {
     Released,
     /// The previous generation's channel closed: it is gone.
     PredecessorGone,
+    /// The anchor's channel closed: the service is over.
+    AnchorGone,
     /// Time passed: deadlines are checked.
     Tick,
 }
@@ -199,13 +201,17 @@ pub enum Effect {
     Exit(Result<(), String>),
 }
 
-/// What systemd hears.
+/// What the anchor hears (and passes on to systemd).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {
+    /// This generation is in charge and serves.
     Serving,
-    Reloading { generation: u64 },
+    Reloading {
+        generation: u64,
+        successor: Pid,
+    },
     ReloadFailed(String),
-    HandedOver { pid: Pid, generation: u64 },
+    /// The generation in charge stops the service.
     Stopping,
 }
 

@@ -187,7 +187,11 @@ fn first_generation_serves_once_every_worker_is_ready_or_cannot_hot_reload() {
     );
     assert_eq!(
         m.handle(no_reload, t0),
-        [Effect::WriteStatus, Effect::Notify(Notice::Serving)]
+        [
+            Effect::ClaimPidFile,
+            Effect::WriteStatus,
+            Effect::Notify(Notice::Serving)
+        ]
     );
     assert_eq!(m.life, Life::Serving { reload: None });
 }

@@ -41,6 +41,12 @@ impl Machine {
             }
             Event::Released => self.on_released(now, &mut fx),
             Event::PredecessorGone => self.on_predecessor_gone(now, &mut fx),
+            Event::AnchorGone => {
+                tracing::warn!("the anchor is gone: stopping");
+                if !matches!(self.life, Life::Stopping { .. }) {
+                    self.on_stop_signal("the anchor's exit", now, &mut fx);
+                }
+            }
             Event::Tick => self.on_tick(now, &mut fx),
         }
         self.check_exit(&mut fx);

@@ -101,7 +101,10 @@ impl Runtime {
             generation,
             listener_fds: self.listeners.raw_fds(),
             pid_file_fd: self.pid_file.as_ref().map(|p| p.as_fd().as_raw_fd()),
-            base_nice,
+            anchor_fd: self.anchor.channel.as_raw_fd(),
+            anchor_pid: self.anchor.pid,
+            anchor_since: self.anchor.since,
+            base_nice: Some(base_nice),
         };
         match reload::spawn(&handoff) {
             Ok(successor) => {

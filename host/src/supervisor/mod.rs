@@ -17,15 +17,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::channel::NewToOld;
+use crate::channel::{NewToOld, ToAnchor};
 use crate::cli::RunArgs;
-use crate::control;
 use crate::error::Error;
 use crate::lifecycle::{Machine, Timing};
 use crate::listeners::Listeners;
 use crate::logging::{self, Role};
 use crate::pidfile::PidFile;
-use crate::reload::{Inherited, InheritedEnv};
+use crate::reload::{Anchor, Inherited, InheritedEnv, Predecessor};
 use crate::signals;
 use crate::snapshot::Snapshot;
 
@@ -42,6 +41,8 @@ pub struct Config {
     pub reload_timeout: Duration,
     /// Reload a host already running on the pid file instead of failing.
     pub reload_if_running: bool,
+    pub daemonize: bool,
+    pub log_file: Option<PathBuf>,
     pub plugin_args: Vec<String>,
     /// The host binary, resolved at start: a reload execs this path, so a
     /// rebuilt host is picked up too.
@@ -71,6 +72,8 @@ impl Config {
             shutdown_timeout: run.shutdown_timeout,
             reload_timeout: run.reload_timeout,
             reload_if_running: run.reload_if_running,
+            daemonize: run.daemonize,
+            log_file: run.log_file,
             plugin_args: run.plugin_args,
             exe: std::env::current_exe()
                 .map_err(Error::os("cannot find the host binary's path"))?,
@@ -79,53 +82,18 @@ impl Config {
     }
 }
 
-/// Runs a supervisor until it stops: the first generation when `inherited`
-/// is `None`, otherwise the generation the previous one started.
-pub fn run(config: Config, inherited: Option<InheritedEnv>) -> Result<(), Error> {
-    let runtime = match inherited {
-        None => {
-            logging::set_identity(Role::Supervisor, 1);
-            let (reload_if_running, timeout) = (config.reload_if_running, config.reload_timeout);
-            match first(config) {
-                Err(Error::AlreadyRunning { path, .. }) if reload_if_running => {
-                    // Give the running host its whole reload timeout, and some.
-                    return control::reload(&path, timeout.saturating_add(Duration::from_secs(30)));
-                }
-                started => started?,
-            }
-        }
-        Some(env) => {
-            let inherited = Inherited::adopt(env)?;
-            logging::set_identity(Role::Supervisor, inherited.generation);
-            successor(config, inherited)?
-        }
-    };
-    runtime.run()
-}
-
-fn first(config: Config) -> Result<Runtime, Error> {
-    let started = Instant::now();
-    // Lock first, so a second host is told who runs, not that the port is taken.
-    let pid_file = config
-        .pid_file
-        .as_deref()
-        .map(PidFile::acquire)
-        .transpose()?;
-    let snapshot = Snapshot::take(&config.plugin)?;
-    tracing::debug!("plugin snapshot taken at {:?}", started.elapsed());
-    let listeners = Listeners::bind(&config.listen)?;
-    let machine = Machine::new(1, config.workers, config.timing(), None, started);
-    Runtime::new(config, machine, snapshot, listeners, pid_file)
-}
-
-/// On error, tells the previous generation why before returning it.
-fn successor(config: Config, inherited: Inherited) -> Result<Runtime, Error> {
+/// Runs one generation's supervisor until it stops: started by the anchor
+/// (no predecessor) or by the generation it replaces.
+pub fn run(config: Config, env: InheritedEnv) -> Result<(), Error> {
+    let inherited = Inherited::adopt(env)?;
+    logging::set_identity(Role::Supervisor, inherited.generation);
     let started = Instant::now();
     let Inherited {
         generation,
         base_nice,
         listeners,
         pid_file,
+        anchor,
         predecessor,
     } = inherited;
     let setup = || {
@@ -154,24 +122,43 @@ fn successor(config: Config, inherited: Inherited) -> Result<Runtime, Error> {
         generation,
         config.workers,
         config.timing(),
-        Some(predecessor.pid),
+        predecessor.as_ref().map(|p| p.pid),
         started,
     );
-    let built = setup().and_then(|(snapshot, listeners, pid_file)| {
-        Runtime::new(config, machine, snapshot, listeners, pid_file)
-    });
-    match built {
-        Ok(mut runtime) => {
-            // The previous generation exec'd us with every signal blocked;
-            // our handlers are installed now.
-            signals::restore(&nix::sys::signal::SigSet::empty())
-                .map_err(Error::os("cannot unblock signals"))?;
-            runtime.adopt_predecessor(predecessor, base_nice);
-            Ok(runtime)
-        }
+    let (snapshot, listeners, pid_file) = match setup() {
+        Ok(parts) => parts,
         Err(e) => {
-            let _ = predecessor.channel.send(&NewToOld::Failed(e.to_string()));
-            Err(e)
+            // Whoever started us hears why: the previous generation carries
+            // on; the anchor gives up (first start) or tries again.
+            match &predecessor {
+                Some(p) => drop(p.channel.send(&NewToOld::Failed(e.to_string()))),
+                None => drop(anchor.channel.send(&ToAnchor::Failed(e.to_string()))),
+            }
+            return Err(e);
         }
-    }
+    };
+    let parts = Parts {
+        snapshot,
+        listeners,
+        pid_file,
+        anchor,
+        predecessor,
+        base_nice,
+    };
+    let runtime = Runtime::new(config, machine, parts)?;
+    // The one who started us blocked every signal across the exec; our
+    // handlers are installed now.
+    signals::restore(&nix::sys::signal::SigSet::empty())
+        .map_err(Error::os("cannot unblock signals"))?;
+    runtime.run()
+}
+
+/// What a generation runs with, set up before its poll loop starts.
+pub struct Parts {
+    pub snapshot: Snapshot,
+    pub listeners: Listeners,
+    pub pid_file: Option<PidFile>,
+    pub anchor: Anchor,
+    pub predecessor: Option<Predecessor>,
+    pub base_nice: Option<i32>,
 }

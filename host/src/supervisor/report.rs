@@ -1,8 +1,8 @@
 //! What the supervisor tells the outside: the status file and systemd.
 
 use super::runtime::Runtime;
+use crate::channel::ToAnchor;
 use crate::lifecycle::{Life, Notice};
-use crate::notify;
 use crate::status::{self, State, Status};
 
 impl Runtime {
@@ -23,21 +23,34 @@ impl Runtime {
             reloads: self.machine.reloads,
             last_reload: self.machine.last_reload.clone(),
             listen: self.listeners.local_addrs(),
+            anchor: self.anchor.pid,
+            anchor_since: self.anchor.since,
         };
         if let Err(e) = status::write(&status::path_for(pid_file.path()), &status) {
             tracing::warn!("cannot write the status file: {e}");
         }
     }
 
+    /// Tells the anchor, which alone talks to systemd.
     pub(super) fn notify(&self, notice: Notice) {
-        match notice {
-            Notice::Serving => notify::serving(self.machine.generation),
-            Notice::Reloading { generation } => notify::reloading(generation),
-            Notice::ReloadFailed(reason) => notify::reload_failed(&reason),
-            Notice::HandedOver { pid, generation } => {
-                notify::handed_over(pid.as_raw() as u32, generation)
-            }
-            Notice::Stopping => notify::stopping(),
+        let pid = std::process::id();
+        let message = match notice {
+            Notice::Serving => ToAnchor::Serving {
+                pid,
+                generation: self.machine.generation,
+            },
+            Notice::Reloading {
+                generation,
+                successor,
+            } => ToAnchor::Reloading {
+                successor: successor.as_raw() as u32,
+                generation,
+            },
+            Notice::ReloadFailed(reason) => ToAnchor::ReloadFailed(reason),
+            Notice::Stopping => ToAnchor::Stopping { pid },
+        };
+        if let Err(e) = self.anchor.channel.send(&message) {
+            tracing::debug!("cannot tell the anchor {message:?}: {e}");
         }
     }
 }

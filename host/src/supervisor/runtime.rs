@@ -12,13 +12,13 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR2};
 
-use super::Config;
-use crate::channel::{NewToOld, OldToNew, Received, ToWorkerEnd};
+use super::{Config, Parts};
+use crate::channel::{NewToOld, OldToNew, Received, ToAnchor, ToWorkerEnd};
 use crate::error::Error;
 use crate::lifecycle::{Event, Exit, Machine};
 use crate::listeners::Listeners;
 use crate::pidfile::PidFile;
-use crate::reload::{Predecessor, Successor};
+use crate::reload::{Anchor, Predecessor, Successor};
 use crate::signals::{self, Signals};
 use crate::snapshot::Snapshot;
 
@@ -36,6 +36,7 @@ pub struct Runtime {
     pub(super) listeners: Listeners,
     pub(super) snapshot: Snapshot,
     pub(super) pid_file: Option<PidFile>,
+    pub(super) anchor: Anchor,
     pub(super) workers: Vec<WorkerLink>,
     /// While a reload is in flight: the generation we started.
     pub(super) successor: Option<Successor>,
@@ -51,6 +52,7 @@ enum Source {
     Worker(Pid),
     Successor,
     Predecessor,
+    Anchor,
     Signals,
 }
 
@@ -58,18 +60,20 @@ enum Source {
 pub(super) type Outcome = Option<Result<(), String>>;
 
 impl Runtime {
-    pub(super) fn new(
-        config: Config,
-        machine: Machine,
-        snapshot: Snapshot,
-        listeners: Listeners,
-        pid_file: Option<PidFile>,
-    ) -> Result<Runtime, Error> {
+    pub(super) fn new(config: Config, machine: Machine, parts: Parts) -> Result<Runtime, Error> {
         let signals = Signals::install().map_err(Error::os("cannot install signal handlers"))?;
         // Orphans of a failed new generation are re-parented to us and reaped.
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             tracing::debug!("cannot become a child subreaper: {e}");
         }
+        let Parts {
+            snapshot,
+            listeners,
+            pid_file,
+            anchor,
+            predecessor,
+            base_nice,
+        } = parts;
         Ok(Runtime {
             config,
             machine,
@@ -77,16 +81,12 @@ impl Runtime {
             listeners,
             snapshot,
             pid_file,
+            anchor,
             workers: Vec::new(),
             successor: None,
-            predecessor: None,
-            base_nice: None,
+            predecessor,
+            base_nice,
         })
-    }
-
-    pub(super) fn adopt_predecessor(&mut self, predecessor: Predecessor, base_nice: i32) {
-        self.predecessor = Some(predecessor);
-        self.base_nice = Some(base_nice);
     }
 
     pub fn run(mut self) -> Result<(), Error> {
@@ -110,7 +110,17 @@ impl Runtime {
             }
         }
         match outcome {
-            Some(Err(problem)) => Err(Error::Start(problem)),
+            Some(Err(problem)) => {
+                let error = Error::Start(problem);
+                // A predecessor heard it already; the anchor hears it here.
+                if !self.machine.inherited {
+                    let _ = self
+                        .anchor
+                        .channel
+                        .send(&ToAnchor::Failed(error.to_string()));
+                }
+                Err(error)
+            }
             _ => Ok(()),
         }
     }
@@ -153,6 +163,9 @@ impl Runtime {
             sources.push(Source::Predecessor);
             fds.push(PollFd::new(p.channel.as_fd(), PollFlags::POLLIN));
         }
+        // Readable only when it closes: the anchor never writes.
+        sources.push(Source::Anchor);
+        fds.push(PollFd::new(self.anchor.channel.as_fd(), PollFlags::POLLIN));
         // Last, so that a worker's final words are read before its exit is handled.
         sources.push(Source::Signals);
         fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
@@ -188,6 +201,7 @@ impl Runtime {
                 Source::Worker(pid) => self.read_worker(pid, &mut events),
                 Source::Successor => self.read_successor(&mut events),
                 Source::Predecessor => self.read_predecessor(&mut events),
+                Source::Anchor => events.push(Event::AnchorGone),
                 Source::Signals => self.read_signals(&mut events),
             }
         }
