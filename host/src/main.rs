@@ -1,6 +1,23 @@
 //! `host`: a process supervisor that runs worker code from a plugin and
 //! swaps in a rebuilt plugin with zero downtime. Each module below does one
-//! job; `supervisor` runs the show.
+//! job.
+//!
+//! The processes, top down:
+//!
+//! - the **anchor** (`anchor`): the process the user, systemd or Docker
+//!   started, for the service's whole life. It binds the listening sockets,
+//!   locks the pid file, reaps orphans (child subreaper), forwards TERM,
+//!   INT, QUIT, USR2 and HUP to the supervisor in charge, alone talks to
+//!   systemd, and starts a new generation when the one in charge dies
+//!   without having said it stops. It never loads the plugin.
+//! - a **supervisor** per generation (`supervisor`, its states in
+//!   `lifecycle`): forks the workers, respawns them, reloads, stops. The
+//!   anchor starts generation 1; each later one is started by the one it
+//!   replaces. Every generation inherits the sockets, the pid-file lock and
+//!   one end of the anchor channel; the anchor's exit is that channel's
+//!   hang-up, and every supervisor then stops gracefully.
+//! - the **workers** (`worker`): forked by their supervisor; each loads the
+//!   generation's plugin snapshot and runs `supervised_process`.
 //!
 //! The hot-reload protocol, in terms of the `lifecycle` states (g is the
 //! generation in charge, g+1 the one SIGUSR2 starts). Every message travels
@@ -29,6 +46,11 @@
 //!    `--reload-timeout`, g kills g+1's process group and carries on: if it
 //!    had released its workers, it respawns them at once and claims the pid
 //!    file again. `host reload` reads the reason in the status file.
+//!
+//! 6. The supervisor in charge tells the anchor when it serves, reloads, a
+//!    reload fails, or it stops the service; the anchor passes that on to
+//!    systemd, so MAINPID never changes. If it dies unasked, the anchor lets
+//!    a successor already starting take charge, or starts a new generation.
 //!
 //! A SIGTERM, SIGINT or SIGQUIT is always a graceful stop. g+1 that gets
 //! one before taking over tells g to carry on. The pid-file lock is never

@@ -482,6 +482,21 @@ fn transitions() {
             },
         ),
         (
+            "the anchor's exit stops the generation gracefully, and a second one changes nothing",
+            || {
+                let mut g = serving(1);
+                g.when(1, [Event::AnchorGone]);
+                g
+            },
+            2,
+            vec![Event::AnchorGone],
+            |g, fx| {
+                assert!(fx.is_empty(), "{fx:?}");
+                assert!(!g.m.draining[0].killed);
+                assert!(matches!(g.m.life, Life::Stopping { cause: StopCause::Signal { .. }, .. }));
+            },
+        ),
+        (
             "a worker forked just as the generation stops is told to stop too",
             || {
                 let t0 = Instant::now();
