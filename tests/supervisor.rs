@@ -294,3 +294,35 @@ fn worker_that_ignores_the_stop_is_killed_after_the_shutdown_timeout() {
         "worker pid {worker} stopped (was killed by SIGKILL)"
     )));
 }
+
+/// A worker that dies right after it starts, with no respawn delay: the
+/// slot backs off (0, 0, 0.2, 0.4, 0.8, 1.6 s...), so a few respawns in
+/// three seconds, not thousands, and the log says it is crash-looping.
+#[test]
+fn worker_that_keeps_crashing_is_respawned_with_backoff() {
+    let dir = temp_dir();
+    let pid_file = dir.path().join("crash.pid");
+    let faulty = start_faulty(
+        dir.path(),
+        "exit-in-run",
+        &[
+            "--respawn-delay",
+            "0",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let started = Instant::now();
+    faulty
+        .host
+        .wait_for_log("crash-looping: 3 workers in a row died young", LONG);
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
+    let starts = faulty_pids(&faulty.events, "start").len();
+    assert!(
+        (3..=12).contains(&starts),
+        "{starts} workers started in 3 s: no backoff"
+    );
+    let (_, out, _) = host_command(&["status", "--pid-file", pid_file.to_str().unwrap()], LONG);
+    assert!(out.contains("1 worker slot(s) crash-looping"), "{out}");
+}

@@ -85,6 +85,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
     pub respawn_delay: Duration,
 
+    /// The longest wait between respawns of a worker that keeps dying young
+    /// (within 10 s of its start): the delay doubles from --respawn-delay up
+    /// to this, and returns to --respawn-delay once a worker lives longer.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
+    pub respawn_delay_max: Duration,
+
     /// Seconds a stopping worker gets to finish its work and run its shutdown
     /// before it is killed.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]

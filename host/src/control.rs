@@ -124,8 +124,12 @@ fn show_status(pid_file: &Path) -> Result<(), Error> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             let up = now.saturating_sub(s.anchor_since);
+            let looping = match s.crash_looping {
+                0 => String::new(),
+                n => format!(", {n} worker slot(s) crash-looping"),
+            };
             println!(
-                "running: pid {pid}, generation {}, {state}{listen}{last}; anchor pid {}, up {up}s",
+                "running: pid {pid}, generation {}, {state}{listen}{last}{looping}; anchor pid {}, up {up}s",
                 s.generation, s.anchor
             );
         }

@@ -9,6 +9,7 @@
 //! reloads=2
 //! last_reload=failed: plugin /srv/libfoo.so: not a shared library
 //! listen=127.0.0.1:8080
+//! crash_looping=0
 //! anchor=4200
 //! anchor_since=1795000000
 //! ```
@@ -60,6 +61,8 @@ pub struct Status {
     /// empty if none has failed. A successful reload writes a new status.
     pub last_reload: String,
     pub listen: Vec<String>,
+    /// How many worker slots back off because their workers keep dying young.
+    pub crash_looping: usize,
     /// The anchor's pid, and when it started (seconds since the Unix epoch).
     pub anchor: u32,
     pub anchor_since: u64,
@@ -68,13 +71,14 @@ pub struct Status {
 impl Status {
     fn render(&self) -> String {
         format!(
-            "pid={}\ngeneration={}\nstate={}\nreloads={}\nlast_reload={}\nlisten={}\nanchor={}\nanchor_since={}\n",
+            "pid={}\ngeneration={}\nstate={}\nreloads={}\nlast_reload={}\nlisten={}\ncrash_looping={}\nanchor={}\nanchor_since={}\n",
             self.pid,
             self.generation,
             self.state.as_str(),
             self.reloads,
             self.last_reload.replace('\n', " "),
             self.listen.join(" "),
+            self.crash_looping,
             self.anchor,
             self.anchor_since
         )
@@ -97,6 +101,7 @@ impl Status {
                 .split_whitespace()
                 .map(str::to_owned)
                 .collect(),
+            crash_looping: field("crash_looping")?.parse().ok()?,
             anchor: field("anchor")?.parse().ok()?,
             anchor_since: field("anchor_since")?.parse().ok()?,
         })
@@ -141,6 +146,7 @@ mod tests {
             reloads: 2,
             last_reload: "failed: plugin x: bad\nsecond line".into(),
             listen: vec!["127.0.0.1:1".into(), "[::1]:2".into()],
+            crash_looping: 1,
             anchor: 5,
             anchor_since: 1_700_000_000,
         };

@@ -209,7 +209,11 @@ impl Machine {
                 // Our workers stop accepting; what waits stays queued in the
                 // shared sockets for the new workers.
                 for slot in &mut self.slots {
-                    match std::mem::replace(slot, Slot::Empty { respawn_at: None }) {
+                    let empty = Slot::Empty {
+                        respawn_at: None,
+                        crashes: 0,
+                    };
+                    match std::mem::replace(slot, empty) {
                         Slot::Running(w) => {
                             fx.push(Effect::Send {
                                 pid: w.pid,
@@ -274,6 +278,7 @@ impl Machine {
             for slot in &mut self.slots {
                 *slot = Slot::Empty {
                     respawn_at: Some(now),
+                    crashes: 0,
                 };
             }
             self.on_tick(now, fx);

@@ -29,6 +29,8 @@ use crate::channel::{FromWorker, NewToOld, StopReason, ToWorker};
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
     pub respawn_delay: Duration,
+    /// The longest a crash-looping slot waits between respawns.
+    pub respawn_delay_max: Duration,
     pub shutdown_timeout: Duration,
     pub reload_timeout: Duration,
 }
@@ -87,14 +89,41 @@ pub enum StopCause {
 /// to respawn one.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Slot {
-    Empty { respawn_at: Option<Instant> },
+    /// `crashes`: how many workers in a row died young in this slot.
+    Empty {
+        respawn_at: Option<Instant>,
+        crashes: u32,
+    },
     Running(Worker),
+}
+
+/// A worker that dies sooner than this after its start died young: its
+/// slot backs off.
+pub const YOUNG: Duration = Duration::from_secs(10);
+
+/// The smallest step of the backoff, so that even `--respawn-delay 0` never
+/// makes a crashing plugin a busy loop.
+const MIN_BACKOFF_STEP: Duration = Duration::from_millis(100);
+
+impl Timing {
+    /// The wait before respawning a slot whose workers died young `crashes`
+    /// times in a row: the base delay, then doubling up to the maximum.
+    pub fn respawn_delay(&self, crashes: u32) -> Duration {
+        if crashes <= 1 {
+            return self.respawn_delay;
+        }
+        let step = self.respawn_delay.max(MIN_BACKOFF_STEP);
+        let doubled = step.saturating_mul(2u32.saturating_pow((crashes - 1).min(31)));
+        doubled.min(self.respawn_delay_max.max(self.respawn_delay))
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct Worker {
     pub pid: Pid,
     pub started: Instant,
+    /// How many workers before it in this slot died young in a row.
+    pub crashes: u32,
     pub state: WorkerState,
     /// The reason it gave for failing, if it did.
     pub failure: Option<String>,
@@ -248,7 +277,10 @@ impl Machine {
             timing,
             life: Life::Starting { predecessor },
             slots: (0..workers)
-                .map(|_| Slot::Empty { respawn_at: None })
+                .map(|_| Slot::Empty {
+                    respawn_at: None,
+                    crashes: 0,
+                })
                 .collect(),
             draining: Vec::new(),
             can_hot_reload: None,
@@ -277,6 +309,15 @@ impl Machine {
         }
     }
 
+    /// How many slots back off because their workers keep dying young.
+    pub fn crash_looping(&self) -> usize {
+        let crashes = |s: &Slot| match s {
+            Slot::Empty { crashes, .. } => *crashes,
+            Slot::Running(w) => w.crashes,
+        };
+        self.slots.iter().filter(|s| crashes(s) >= 2).count()
+    }
+
     pub fn reload(&self) -> Option<&Reload> {
         match &self.life {
             Life::Serving { reload } => reload.as_ref(),
@@ -296,7 +337,7 @@ impl Machine {
             .reload()
             .and_then(|r| r.started.checked_add(self.timing.reload_timeout));
         let respawn = self.slots.iter().filter_map(|s| match s {
-            Slot::Empty { respawn_at } => *respawn_at,
+            Slot::Empty { respawn_at, .. } => *respawn_at,
             Slot::Running(_) => None,
         });
         stop.into_iter().chain(reload).chain(respawn).min()

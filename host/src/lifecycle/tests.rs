@@ -14,6 +14,7 @@ const SEC: Duration = Duration::from_secs(1);
 fn timing() -> Timing {
     Timing {
         respawn_delay: 5 * SEC,
+        respawn_delay_max: 60 * SEC,
         shutdown_timeout: 20 * SEC,
         reload_timeout: 60 * SEC,
     }
@@ -530,6 +531,7 @@ fn transitions() {
 fn durations_far_in_the_future_never_overflow() {
     let huge = Timing {
         respawn_delay: Duration::MAX,
+        respawn_delay_max: Duration::MAX,
         shutdown_timeout: Duration::MAX,
         reload_timeout: Duration::MAX,
     };
@@ -545,4 +547,52 @@ fn durations_far_in_the_future_never_overflow() {
     m.handle(exited(101, "was killed by SIGKILL"), t0);
     m.handle(stop("SIGTERM"), t0);
     assert!(m.next_deadline().is_none_or(|d| d > t0));
+}
+
+/// A worker that dies young, again and again: 5 s, 10 s, 20 s, 40 s, then
+/// 60 s (the maximum); one that lived past `YOUNG` resets the slot to 5 s.
+#[test]
+fn a_slot_whose_workers_die_young_backs_off_and_recovers() {
+    let mut g = serving(1);
+    let mut now = 100;
+    let mut worker = 101;
+    let mut waits = Vec::new();
+    for _ in 0..6 {
+        g.when(now, [exited(worker, "was killed by SIGSEGV")]);
+        let at = g.m.next_deadline().unwrap();
+        waits.push((at - g.at(now)).as_secs());
+        now += (at - g.at(now)).as_secs();
+        assert_eq!(
+            g.when(now, [Event::Tick]),
+            [Effect::ForkWorker { slot: 0, go: true }]
+        );
+        worker += 1;
+        g.when(
+            now,
+            [Event::Forked {
+                slot: 0,
+                result: Ok(pid(worker)),
+            }],
+        );
+    }
+    // The first death comes 100 s after the start: not young.
+    assert_eq!(waits, [5, 5, 10, 20, 40, 60]);
+    assert_eq!(g.m.crash_looping(), 1);
+    // This one lives past YOUNG: the next death waits the base delay again.
+    now += YOUNG.as_secs();
+    g.when(now, [exited(worker, "exited with status 1")]);
+    assert_eq!(g.m.next_deadline(), Some(g.at(now + 5)));
+    assert_eq!(g.m.crash_looping(), 0);
+}
+
+#[test]
+fn a_zero_respawn_delay_still_backs_off() {
+    let timing = Timing {
+        respawn_delay: Duration::ZERO,
+        ..timing()
+    };
+    let delays: Vec<u128> = (0..5)
+        .map(|c| timing.respawn_delay(c).as_millis())
+        .collect();
+    assert_eq!(delays, [0, 0, 200, 400, 800]);
 }

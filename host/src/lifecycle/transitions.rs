@@ -119,6 +119,7 @@ impl Machine {
                 self.slots[slot] = Slot::Running(Worker {
                     pid,
                     started: now,
+                    crashes: self.crashes(slot),
                     state: WorkerState::Forked,
                     failure: None,
                 });
@@ -126,10 +127,12 @@ impl Machine {
             Err(e) => match self.life {
                 Life::Starting { .. } | Life::TakingOver { .. } => self.fail_start(e, now, fx),
                 Life::Serving { .. } => {
-                    let delay = self.timing.respawn_delay;
+                    let crashes = self.crashes(slot).saturating_add(1);
+                    let delay = self.timing.respawn_delay(crashes);
                     tracing::error!("{e}; trying again in {delay:?}");
                     self.slots[slot] = Slot::Empty {
                         respawn_at: Some(later(now, delay)),
+                        crashes,
                     };
                 }
                 Life::Stopping { .. } => tracing::debug!("{e}"),
@@ -183,9 +186,13 @@ impl Machine {
         let Some(slot) = self.slot_of(pid) else {
             return tracing::debug!("reaped pid {pid} ({})", exit.how);
         };
-        let Slot::Running(w) =
-            std::mem::replace(&mut self.slots[slot], Slot::Empty { respawn_at: None })
-        else {
+        let Slot::Running(w) = std::mem::replace(
+            &mut self.slots[slot],
+            Slot::Empty {
+                respawn_at: None,
+                crashes: 0,
+            },
+        ) else {
             unreachable!("slot_of found a running worker")
         };
         let how = &exit.how;
@@ -203,15 +210,32 @@ impl Machine {
                 self.fail_start(problem, now, fx);
             }
             Life::Serving { .. } => {
-                let delay = self.timing.respawn_delay;
-                if w.failure.is_none() && exit.clean {
-                    tracing::info!("worker pid {pid} {how}; respawning in {delay:?}");
+                let young = now.saturating_duration_since(w.started) < super::YOUNG;
+                let crashes = if young {
+                    w.crashes.saturating_add(1)
                 } else {
-                    tracing::warn!("worker pid {pid} {how}{because}; respawning in {delay:?}");
+                    0
+                };
+                let delay = self.timing.respawn_delay(crashes);
+                let looping = match crashes {
+                    0 | 1 => String::new(),
+                    n => format!(" (crash-looping: {n} workers in a row died young)"),
+                };
+                if w.failure.is_none() && exit.clean {
+                    tracing::info!("worker pid {pid} {how}; respawning in {delay:?}{looping}");
+                } else {
+                    tracing::warn!(
+                        "worker pid {pid} {how}{because}; respawning in {delay:?}{looping}"
+                    );
                 }
                 self.slots[slot] = Slot::Empty {
                     respawn_at: Some(later(now, delay)),
+                    crashes,
                 };
+                if crashes >= 2 || w.crashes >= 2 {
+                    // The status file says which slots crash-loop.
+                    fx.push(Effect::WriteStatus);
+                }
                 self.on_tick(now, fx);
             }
             // Unreachable: a stopping generation's workers are all draining.
@@ -225,7 +249,11 @@ impl Machine {
         let in_charge = self.in_charge();
         let reason = StopReason::for_cause(&cause);
         for slot in &mut self.slots {
-            if let Slot::Running(w) = std::mem::replace(slot, Slot::Empty { respawn_at: None }) {
+            let empty = Slot::Empty {
+                respawn_at: None,
+                crashes: 0,
+            };
+            if let Slot::Running(w) = std::mem::replace(slot, empty) {
                 fx.push(Effect::Send {
                     pid: w.pid,
                     message: ToWorker::Stop(reason),
@@ -307,10 +335,14 @@ impl Machine {
                 for (slot, s) in self.slots.iter_mut().enumerate() {
                     if let Slot::Empty {
                         respawn_at: Some(at),
+                        crashes,
                     } = s
                     {
                         if *at <= now {
-                            *s = Slot::Empty { respawn_at: None };
+                            *s = Slot::Empty {
+                                respawn_at: None,
+                                crashes: *crashes,
+                            };
                             fx.push(Effect::ForkWorker { slot, go: true });
                         }
                     }
@@ -334,6 +366,14 @@ impl Machine {
             Slot::Running(w) if w.pid == pid => Some(w),
             _ => None,
         })
+    }
+
+    /// The young deaths in a row of `slot`.
+    fn crashes(&self, slot: usize) -> u32 {
+        match &self.slots[slot] {
+            Slot::Empty { crashes, .. } => *crashes,
+            Slot::Running(w) => w.crashes,
+        }
     }
 
     fn slot_of(&self, pid: Pid) -> Option<usize> {

@@ -37,6 +37,7 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub workers: usize,
     pub respawn_delay: Duration,
+    pub respawn_delay_max: Duration,
     pub shutdown_timeout: Duration,
     pub reload_timeout: Duration,
     /// Reload a host already running on the pid file instead of failing.
@@ -55,6 +56,7 @@ impl Config {
     fn timing(&self) -> Timing {
         Timing {
             respawn_delay: self.respawn_delay,
+            respawn_delay_max: self.respawn_delay_max,
             shutdown_timeout: self.shutdown_timeout,
             reload_timeout: self.reload_timeout,
         }
@@ -69,6 +71,7 @@ impl Config {
             listen: run.listen,
             workers: usize::from(run.workers),
             respawn_delay: run.respawn_delay,
+            respawn_delay_max: run.respawn_delay_max,
             shutdown_timeout: run.shutdown_timeout,
             reload_timeout: run.reload_timeout,
             reload_if_running: run.reload_if_running,

@@ -23,6 +23,7 @@ impl Runtime {
             reloads: self.machine.reloads,
             last_reload: self.machine.last_reload.clone(),
             listen: self.listeners.local_addrs(),
+            crash_looping: self.machine.crash_looping(),
             anchor: self.anchor.pid,
             anchor_since: self.anchor.since,
         };
