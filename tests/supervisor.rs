@@ -326,3 +326,61 @@ fn worker_that_keeps_crashing_is_respawned_with_backoff() {
     let (_, out, _) = host_command(&["status", "--pid-file", pid_file.to_str().unwrap()], LONG);
     assert!(out.contains("1 worker slot(s) crash-looping"), "{out}");
 }
+
+/// A worker that forks a child and exits, respawned again and again: each
+/// child dies with its worker, and after `host stop` no process of the host
+/// remains and the port is free.
+#[test]
+fn nothing_a_worker_forks_outlives_it() {
+    let dir = temp_dir();
+    let pid_file = dir.path().join("fork.pid");
+    let faulty = start_faulty(
+        dir.path(),
+        "fork-and-exit",
+        &[
+            "--respawn-delay",
+            "0.05",
+            "--listen",
+            "127.0.0.1:0",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let addr = faulty.host.listen_addr();
+    let children = eventually("7 workers to fork a child", LONG, || {
+        let found: Vec<u32> = lines(&faulty.events)
+            .iter()
+            .filter_map(|l| {
+                l.strip_prefix("child pid=")?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        (found.len() >= 7).then_some(found)
+    });
+    eventually_ok("the children of exited workers to be gone", LONG, || {
+        // The newest may belong to a worker still alive.
+        let left: Vec<u32> = children[..6]
+            .iter()
+            .copied()
+            .filter(|&c| alive(c))
+            .collect();
+        match left.is_empty() {
+            true => Ok(()),
+            false => Err(format!("{left:?} still alive")),
+        }
+    });
+    let (status, out, err) =
+        host_command(&["stop", "--pid-file", pid_file.to_str().unwrap()], LONG);
+    assert!(status.success(), "{out}{err}");
+    eventually_ok("no process of the host to remain", LONG, || {
+        match faulty.host.processes() {
+            left if left.is_empty() => Ok(()),
+            left => Err(format!("{left:?} remain")),
+        }
+    });
+    std::net::TcpListener::bind(addr).expect("the port is free again");
+}

@@ -13,7 +13,7 @@
 //! the channel's hang-up, which every supervisor sees and answers with a
 //! graceful stop.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
@@ -59,6 +59,10 @@ struct Anchor {
     since: u64,
     /// The supervisor in charge (it said it serves).
     in_charge: Option<Generation>,
+    /// A pidfd of the supervisor in charge: readable once it exits. It may
+    /// be the anchor's child or a previous generation's, so `waitpid` alone
+    /// does not see every exit.
+    in_charge_fd: Option<OwnedFd>,
     /// A generation the anchor started that does not serve yet.
     starting: Option<Generation>,
     /// The generation the one in charge is reloading into.
@@ -108,6 +112,7 @@ pub fn run(config: Config, readiness: Option<Readiness>) -> Result<i32, Error> {
         their_end,
         since,
         in_charge: None,
+        in_charge_fd: None,
         starting: None,
         successor: None,
         last_generation: 0,
@@ -141,10 +146,13 @@ impl Anchor {
                 PollTimeout::try_from(wait.saturating_add(Duration::from_micros(999)))
                     .unwrap_or(PollTimeout::MAX)
             });
-            let mut fds = [
+            let mut fds = vec![
                 PollFd::new(self.channel.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
             ];
+            if let Some(fd) = &self.in_charge_fd {
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            }
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => {
@@ -154,14 +162,18 @@ impl Anchor {
                     })
                 }
             }
-            let (messages, signals) = (fds[0].any(), fds[1].any());
-            if messages.unwrap_or(false) {
+            let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
+            drop(fds);
+            if ready[0] {
                 self.read_messages();
             }
-            if signals.unwrap_or(false) {
+            if ready[1] {
                 self.handle_signals();
             }
             self.reap();
+            if ready.get(2) == Some(&true) {
+                self.in_charge_exited();
+            }
             if self.restart_at.is_some_and(|at| at <= Instant::now()) {
                 self.restart_at = None;
                 if let Err(e) = self.start_generation() {
@@ -229,6 +241,11 @@ impl Anchor {
                     Some(g) if g.pid == pid => g.since,
                     _ => Instant::now(),
                 };
+                if self.in_charge.is_none_or(|g| g.pid != pid) {
+                    self.in_charge_fd = pidfd_open(pid)
+                        .map_err(|e| tracing::warn!("cannot watch pid {pid}: {e}"))
+                        .ok();
+                }
                 self.in_charge = Some(Generation {
                     pid,
                     number: generation,
@@ -327,24 +344,7 @@ impl Anchor {
         // Its last words, if it said why it failed.
         self.read_messages();
         if self.in_charge.is_some_and(|g| g.pid == pid) {
-            let gone = self.in_charge.take().expect("checked just above");
-            if self.stopping {
-                self.exit_code = code;
-                return tracing::info!("supervisor pid {pid} exited with status {code}");
-            }
-            tracing::warn!(
-                "supervisor pid {pid} (generation {}) died unasked ({})",
-                gone.number,
-                describe(status)
-            );
-            if gone.since.elapsed() >= STABLE {
-                self.restarts = 0;
-            }
-            match self.successor {
-                // It takes charge on its own, now that its predecessor is gone.
-                Some(successor) => tracing::info!("waiting for pid {successor} to take over"),
-                None => self.schedule_restart(),
-            }
+            self.supervisor_gone(code, &describe(status));
         } else if self.starting.is_some_and(|g| g.pid == pid) {
             self.starting = None;
             if !self.served || self.stopping {
@@ -364,6 +364,46 @@ impl Anchor {
             }
         } else {
             tracing::debug!("reaped pid {pid} ({})", describe(status));
+        }
+    }
+
+    /// The pidfd of the supervisor in charge is readable: it exited. If it
+    /// is our child, its status is there to reap; if not (the previous
+    /// generation started it), its parent reaps it and all we know is that
+    /// it is gone.
+    fn in_charge_exited(&mut self) {
+        let Some(g) = self.in_charge else { return };
+        match waitpid(g.pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
+                self.child_exited(status)
+            }
+            _ => self.supervisor_gone(0, "exited"),
+        }
+    }
+
+    /// The supervisor in charge is gone: the end of the service if it said
+    /// it stops, else a crash to recover from.
+    fn supervisor_gone(&mut self, code: i32, how: &str) {
+        let Some(gone) = self.in_charge.take() else {
+            return;
+        };
+        self.in_charge_fd = None;
+        let pid = gone.pid;
+        if self.stopping {
+            self.exit_code = code;
+            return tracing::info!("supervisor pid {pid} {how}");
+        }
+        tracing::warn!(
+            "supervisor pid {pid} (generation {}) died unasked ({how})",
+            gone.number
+        );
+        if gone.since.elapsed() >= STABLE {
+            self.restarts = 0;
+        }
+        match self.successor {
+            // It takes charge on its own, now that its predecessor is gone.
+            Some(successor) => tracing::info!("waiting for pid {successor} to take over"),
+            None => self.schedule_restart(),
         }
     }
 
@@ -393,4 +433,18 @@ fn describe(status: WaitStatus) -> String {
         WaitStatus::Signaled(_, sig, _) => format!("was killed by {}", sig.as_str()),
         other => format!("changed state: {other:?}"),
     }
+}
+
+/// A descriptor that becomes readable when process `pid` exits, whoever
+/// its parent is.
+fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // (close-on-exec by default) or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else
+    // owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

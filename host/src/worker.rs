@@ -132,6 +132,10 @@ fn prepare(channel: &WorkerEnd, spec: &Spec<'_>) -> std::io::Result<SignalFd> {
     std::env::remove_var("NOTIFY_SOCKET");
     // SIGTERM is a graceful stop; it backs up the channel hang-up.
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+    // Its own process group: whatever it forks is killed with the group
+    // when it ends (the supervisor kills the group), and a terminal's
+    // Ctrl-C reaches only the anchor.
+    nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
     if getppid() != spec.supervisor {
         return Err(std::io::Error::other(
             "the supervisor exited before the worker started",
@@ -274,6 +278,7 @@ impl Link {
                     Ok(Some(info)) => signals::name(info.ssi_signo as i32),
                     _ => "a signal",
                 };
+                self.exit_if_never_served(name);
                 return self.request_stop(&format!("{name} received"));
             }
             if fds[0].any().unwrap_or(false) {
@@ -292,7 +297,10 @@ impl Link {
                             StopReason::Shutdown => "the host is stopping",
                         })
                     }
-                    Ok(Received::Closed) => return self.request_stop("the supervisor is gone"),
+                    Ok(Received::Closed) => {
+                        self.exit_if_never_served("the supervisor is gone");
+                        return self.request_stop("the supervisor is gone");
+                    }
                     Ok(Received::Empty) => {}
                     Err(e) => {
                         return self.request_stop(&format!("the supervisor channel failed: {e}"))
@@ -300,6 +308,20 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// A worker of a generation abandoned before it served (its supervisor
+    /// was killed, or a signal came before `Go`) has nothing to finish, and
+    /// a plugin stuck in its start-up must not linger: it exits at once.
+    fn exit_if_never_served(&self, why: &str) {
+        if self.state.lock().unwrap_or_else(PoisonError::into_inner).go {
+            return;
+        }
+        tracing::debug!("{why} before this worker could serve: exiting");
+        // SAFETY: _exit ends the process at once without running
+        // destructors or atexit handlers, which plugin threads may be using
+        // concurrently; nothing of this worker needs flushing.
+        unsafe { libc::_exit(EXIT_NOT_STARTED) }
     }
 
     fn update(&self, change: impl FnOnce(&mut LinkState)) {

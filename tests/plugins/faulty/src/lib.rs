@@ -10,6 +10,9 @@
 //! - `error-in-new` / `panic-in-new`: the constructor fails / panics;
 //! - `panic-in-run`: `supervised_process` panics after `ready_to_take_over`;
 //! - `exit-in-run`: the worker process exits with status 7;
+//! - `fork-and-exit`: the worker forks a child that sleeps forever (holding
+//!   every descriptor the worker had, the listening sockets too), records it
+//!   as a `child pid=N` event, then exits with status 7;
 //! - `hang-before-ready`: never calls `ready_to_take_over` (but stops when asked);
 //! - `ignore-stop`: never returns from `supervised_process`;
 //! - `ping-cost`: times 10 million `ping_supervisor` calls, records the cost
@@ -19,7 +22,15 @@
 //!   which a test can act between a new worker's start and its readiness);
 //! - `slow-shutdown`: serves; once told to stop, `supervised_shutdown`
 //!   records a `stopping` event, sleeps 1.5 s, then records its `shutdown`
-//!   event (a worker that is still draining while a test acts).
+//!   event (a worker that is still draining while a test acts);
+//! - `http`: like `serve`, but answers HTTP on the host's `--listen` sockets
+//!   (fails before `ready_to_take_over` without one) the way `hello-http`
+//!   does: every request gets `200 OK`, `Connection: close`, and a body
+//!   whose last line is `faulty <mode> gen=<g> pid=<p>`, so that a test
+//!   under load can tell which generation and worker answered;
+//! - `http-slow-ready`, `http-slow-shutdown`: `slow-ready`, `slow-shutdown`,
+//!   answering HTTP as `http` does (a test that kills a process at a chosen
+//!   step of a reload, and counts the requests that fail).
 //!
 //! Every start and every shutdown (and the events above) appends a line to
 //! `FAULTY_MODE_FILE.events`:
@@ -32,13 +43,20 @@
 //! many of the supervisor's own variables (`HOST_INHERIT_*`, `NOTIFY_SOCKET`)
 //! the worker can see (there should be none).
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use plugin_api::{export_plugin, SupervisedProcess, Supervisor};
 
 struct Faulty {
+    /// The mode as written in the mode file (events record it).
     mode: String,
+    /// The mode without its `http-` prefix (`http` alone is `serve`): what
+    /// the worker does besides answering HTTP.
+    base: String,
+    /// Whether it answers HTTP (an `http` mode).
+    http: bool,
     events: Option<String>,
     generation: u64,
 }
@@ -52,12 +70,21 @@ impl Faulty {
             .map(|m| m.trim().to_owned())
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| "serve".to_owned());
+        let (http, base) = match mode.as_str() {
+            "http" => (true, "serve".to_owned()),
+            m => match m.strip_prefix("http-") {
+                Some(base) => (true, base.to_owned()),
+                None => (false, m.to_owned()),
+            },
+        };
         let faulty = Faulty {
             mode,
+            base,
+            http,
             events: file.map(|f| format!("{f}.events")),
             generation: 0,
         };
-        match faulty.mode.as_str() {
+        match faulty.base.as_str() {
             "error-in-new" => Err("told to fail (mode error-in-new)".to_owned()),
             "panic-in-new" => panic!("told to panic (mode panic-in-new)"),
             _ => Ok(faulty),
@@ -89,19 +116,38 @@ impl SupervisedProcess for Faulty {
     fn supervised_process(&mut self, sup: &Supervisor) -> Result<(), String> {
         self.generation = sup.generation();
         self.event("start", self.generation);
-        if self.mode == "slow-ready" {
+        let listeners = match self.http {
+            true => Some(http_listeners(sup)?),
+            false => None,
+        };
+        if self.base == "slow-ready" {
             std::thread::sleep(Duration::from_millis(300));
             self.event("ready", self.generation);
         }
         if !matches!(
-            self.mode.as_str(),
+            self.base.as_str(),
             "hang-before-ready" | "no-hot-reload-no-ready"
         ) {
             sup.ready_to_take_over()?;
         }
-        match self.mode.as_str() {
+        match self.base.as_str() {
             "panic-in-run" => panic!("told to panic (mode panic-in-run)"),
             "exit-in-run" => std::process::exit(7),
+            "fork-and-exit" => {
+                // SAFETY: the child only sleeps (a plain system call) until
+                // it is killed; it touches no lock or allocation of the
+                // parent's other threads.
+                match unsafe { libc::fork() } {
+                    0 => loop {
+                        // SAFETY: pause() only waits for a signal.
+                        unsafe { libc::pause() };
+                    },
+                    child => {
+                        self.event(&format!("child pid={child}"), self.generation);
+                        std::process::exit(7)
+                    }
+                }
+            }
             "ping-cost" => {
                 const CALLS: u32 = 10_000_000;
                 let started = std::time::Instant::now();
@@ -114,6 +160,23 @@ impl SupervisedProcess for Faulty {
             },
             _ => {}
         }
+        if let Some(listeners) = listeners {
+            let body = format!(
+                "faulty\nfaulty {} gen={} pid={}\n",
+                self.mode,
+                self.generation,
+                std::process::id()
+            );
+            // Until told to stop: what waits then stays queued for the next
+            // generation.
+            while let Some((conn, _)) = sup
+                .accept(&listeners)
+                .map_err(|e| format!("accept failed: {e}"))?
+            {
+                let _ = answer(conn, &body);
+            }
+            return Ok(());
+        }
         while sup.ping_supervisor() {
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -121,7 +184,7 @@ impl SupervisedProcess for Faulty {
     }
 
     fn supervised_shutdown(&mut self) {
-        if self.mode == "slow-shutdown" {
+        if self.base == "slow-shutdown" {
             self.event("stopping", self.generation);
             std::thread::sleep(Duration::from_millis(1500));
         }
@@ -130,10 +193,40 @@ impl SupervisedProcess for Faulty {
 
     fn can_do_hot_reload(&self) -> bool {
         !matches!(
-            self.mode.as_str(),
+            self.base.as_str(),
             "no-hot-reload" | "no-hot-reload-no-ready"
         )
     }
+}
+
+/// The host's listening sockets, for an `http` mode: at least one.
+fn http_listeners(sup: &Supervisor) -> Result<Vec<TcpListener>, String> {
+    let listeners = sup
+        .listeners()
+        .map_err(|e| format!("cannot use the host's listeners: {e}"))?;
+    match listeners.is_empty() {
+        true => Err("an http mode needs a socket: start the host with --listen".to_owned()),
+        false => Ok(listeners),
+    }
+}
+
+/// Reads a request head (up to the blank line) and answers `200 OK` with `body`.
+fn answer(mut conn: TcpStream, body: &str) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let (mut head, mut buf) = (Vec::new(), [0u8; 4096]);
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf)?;
+        if n == 0 || head.len() > 16 * 1024 {
+            return Err(std::io::ErrorKind::InvalidData.into());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(reply.as_bytes())
 }
 
 export_plugin!(Faulty::new);
