@@ -373,6 +373,12 @@ impl Anchor {
     /// it is gone.
     fn in_charge_exited(&mut self) {
         let Some(g) = self.in_charge else { return };
+        // The poll may have seen a supervisor that a message since replaced.
+        let Some(fd) = &self.in_charge_fd else { return };
+        let mut still = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        if !matches!(poll(&mut still, PollTimeout::ZERO), Ok(1)) {
+            return;
+        }
         match waitpid(g.pid, Some(WaitPidFlag::WNOHANG)) {
             Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
                 self.child_exited(status)
