@@ -164,9 +164,9 @@ impl Anchor {
             }
             let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
             drop(fds);
-            if ready[0] {
-                self.read_messages();
-            }
+            // Messages first, even if they came after the poll: a signal is
+            // forwarded to the supervisor that last said it is in charge.
+            self.read_messages();
             if ready[1] {
                 self.handle_signals();
             }

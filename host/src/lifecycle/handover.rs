@@ -101,10 +101,12 @@ impl Machine {
             if started {
                 self.life = Life::Serving { reload: None };
                 // The anchor wrote its own pid until a generation serves.
+                // The anchor hears first: by the time a reader sees the
+                // files, the anchor forwards signals to this supervisor.
                 fx.extend([
+                    Effect::Notify(Notice::Serving),
                     Effect::ClaimPidFile,
                     Effect::WriteStatus,
-                    Effect::Notify(Notice::Serving),
                 ]);
                 tracing::info!("serving, started in {:?}", now - self.started);
             }
@@ -175,9 +177,9 @@ impl Machine {
         self.life = Life::Serving { reload: None };
         fx.extend([
             Effect::Unboost,
+            Effect::Notify(Notice::Serving),
             Effect::ClaimPidFile,
             Effect::WriteStatus,
-            Effect::Notify(Notice::Serving),
         ]);
         match predecessor {
             Some(pid) => tracing::info!("took over from pid {pid} in {:?}", now - self.started),

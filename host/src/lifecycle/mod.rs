@@ -318,19 +318,6 @@ impl Machine {
         self.slots.iter().filter(|s| crashes(s) >= 2).count()
     }
 
-    /// The next generation, while it starts or once it took over from us:
-    /// our child either way.
-    pub fn successor(&self) -> Option<Pid> {
-        match &self.life {
-            Life::Serving { reload } => reload.map(|r| r.successor),
-            Life::Stopping {
-                cause: StopCause::HandedOver { successor },
-                ..
-            } => Some(*successor),
-            _ => None,
-        }
-    }
-
     pub fn reload(&self) -> Option<&Reload> {
         match &self.life {
             Life::Serving { reload } => reload.as_ref(),

@@ -189,9 +189,9 @@ fn first_generation_serves_once_every_worker_is_ready_or_cannot_hot_reload() {
     assert_eq!(
         m.handle(no_reload, t0),
         [
+            Effect::Notify(Notice::Serving),
             Effect::ClaimPidFile,
             Effect::WriteStatus,
-            Effect::Notify(Notice::Serving)
         ]
     );
     assert_eq!(m.life, Life::Serving { reload: None });
@@ -411,7 +411,7 @@ fn transitions() {
             },
         ),
         (
-            "new generation: on Released, Go first, then confirm, then the pid file and status",
+            "new generation: on Released, Go first, then confirm, tell the anchor, then the pid file and status",
             || taking_over(2),
             1,
             vec![Event::Released],
@@ -423,9 +423,9 @@ fn transitions() {
                         send(102, ToWorker::Go),
                         Effect::ToPredecessor(NewToOld::TookOver),
                         Effect::Unboost,
+                        Effect::Notify(Notice::Serving),
                         Effect::ClaimPidFile,
                         Effect::WriteStatus,
-                        Effect::Notify(Notice::Serving),
                     ]
                 );
                 assert!(g.m.in_charge());

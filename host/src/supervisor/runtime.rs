@@ -109,7 +109,6 @@ impl Runtime {
                 }
             }
         }
-        self.kill_orphans();
         match outcome {
             Some(Err(problem)) => {
                 let error = Error::Start(problem);
@@ -303,10 +302,10 @@ impl Runtime {
             if let Some(i) = self.workers.iter().position(|w| w.pid == pid) {
                 self.read_worker(pid, events);
                 self.workers.remove(i);
-                // What it started ends with it: its process group...
+                // What it started ends with it: it led its own process
+                // group, and the group outlives it while a member lives.
+                // (A descendant that left the group with setsid escapes.)
                 let _ = killpg(pid, Signal::SIGKILL);
-                // ...and what left the group, once orphaned to us.
-                self.kill_orphans();
                 events.push(Event::WorkerExited { pid, exit });
             } else if self.successor.as_ref().is_some_and(|s| s.pid == pid) {
                 // It may have said why before exiting.
@@ -315,25 +314,6 @@ impl Runtime {
                 events.push(Event::SuccessorGone { reason });
             } else {
                 tracing::debug!("reaped pid {pid} ({})", exit.how);
-                self.kill_orphans();
-            }
-        }
-    }
-
-    /// Kills every child that is neither a worker nor the next generation:
-    /// descendants of ended workers (or of a failed new generation),
-    /// re-parented to us as their child subreaper.
-    pub(super) fn kill_orphans(&self) {
-        let me = std::process::id();
-        let Ok(children) = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
-            return;
-        };
-        let successor = self.machine.successor();
-        for pid in children.split_whitespace().filter_map(|p| p.parse().ok()) {
-            let pid = Pid::from_raw(pid);
-            if !self.workers.iter().any(|w| w.pid == pid) && Some(pid) != successor {
-                tracing::info!("killing pid {pid}, left behind by a worker");
-                let _ = kill(pid, Signal::SIGKILL);
             }
         }
     }
