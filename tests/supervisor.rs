@@ -384,3 +384,86 @@ fn nothing_a_worker_forks_outlives_it() {
     });
     std::net::TcpListener::bind(addr).expect("the port is free again");
 }
+
+/// The uid of `pid`, from /proc (the real one, the first of the four).
+fn uid_of(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Started as root with `--user nobody`: the listener and pid file are set
+/// up as root, then the anchor, the supervisor and the workers all run as
+/// nobody, and the service serves.
+#[test]
+fn user_flag_drops_every_process_below_the_bind_to_that_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let nobody = 65534;
+    let dir = temp_dir();
+    // nobody writes the status file beside the pid file, and reads the plugin.
+    std::os::unix::fs::chown(dir.path(), Some(nobody), Some(nobody)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let plugin = build_plugin("hello-http", None, &dir.path().join("libhello.so"));
+    let pid_file = dir.path().join("hello.pid");
+    let args = [
+        "--plugin",
+        plugin.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "--user",
+        "nobody",
+    ];
+    let host = start_host(dir.path(), &args, &[]);
+    host.wait_serving();
+    let (_, worker) = identity(&http_get(host.listen_addr()).unwrap());
+    for (what, pid) in [
+        ("anchor", host.pid()),
+        ("supervisor", host.supervisor()),
+        ("worker", worker),
+    ] {
+        assert_eq!(uid_of(pid), Some(nobody), "the {what}'s uid");
+    }
+}
+
+#[test]
+fn user_flag_is_refused_without_root_and_for_an_unknown_user() {
+    let dir = temp_dir();
+    let plugin = dir.path().join("libnothing.so");
+    let (status, log) = run_host(
+        &[
+            "--plugin",
+            plugin.to_str().unwrap(),
+            "--user",
+            "no-such-user-here",
+        ],
+        &[],
+        LONG,
+    );
+    assert!(!status.success());
+    assert!(
+        log.contains("--user no-such-user-here: no such user"),
+        "{log}"
+    );
+
+    // Not root: refused, naming the fix.
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new(host_bin())
+        .args(["--plugin", plugin.to_str().unwrap(), "--user", "nobody"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("only a host started as root can change user"),
+        "{err}"
+    );
+}

@@ -31,6 +31,7 @@ use crate::listeners::Listeners;
 use crate::logging::{self, Role};
 use crate::notify;
 use crate::pidfile::PidFile;
+use crate::privileges;
 use crate::reload::{self, Handoff};
 use crate::signals::{self, Signals};
 use crate::supervisor::Config;
@@ -95,6 +96,9 @@ pub fn run(config: Config, readiness: Option<Readiness>) -> Result<i32, Error> {
         other => other?,
     };
     let listeners = Listeners::bind(&config.listen)?;
+    // Everything that needs root is done: the rest, and every process
+    // below, runs as --user.
+    privileges::drop_to(config.user.as_deref(), config.group.as_deref())?;
     let signals = Signals::install().map_err(Error::os("cannot install signal handlers"))?;
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| Error::os("cannot become a child subreaper")(e.into()))?;

@@ -107,6 +107,16 @@ pub struct RunArgs {
     #[arg(long, requires = "pid_file")]
     pub reload_if_running: bool,
 
+    /// Started as root: after binding --listen and opening --pid-file, run
+    /// as this user (with its groups) from then on; no worker ever runs as
+    /// root. The pid file's directory must be writable by it (for FILE.status).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// With or without --user: run as this group (default: the user's own).
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+
     /// Detach into the background (own session, working directory /), and
     /// return only once the service serves: exit 0 then, or non-zero with
     /// the reason. Give plugin arguments as absolute paths.

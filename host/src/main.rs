@@ -70,6 +70,7 @@ mod logging;
 mod notify;
 mod pidfile;
 mod priority;
+mod privileges;
 mod reload;
 mod signals;
 mod snapshot;

@@ -43,6 +43,8 @@ pub struct Config {
     /// Reload a host already running on the pid file instead of failing.
     pub reload_if_running: bool,
     pub daemonize: bool,
+    pub user: Option<String>,
+    pub group: Option<String>,
     pub log_file: Option<PathBuf>,
     pub plugin_args: Vec<String>,
     /// The host binary, resolved at start: a reload execs this path, so a
@@ -76,6 +78,8 @@ impl Config {
             reload_timeout: run.reload_timeout,
             reload_if_running: run.reload_if_running,
             daemonize: run.daemonize,
+            user: run.user,
+            group: run.group,
             log_file: run.log_file,
             plugin_args: run.plugin_args,
             exe: std::env::current_exe()
