@@ -467,3 +467,31 @@ fn user_flag_is_refused_without_root_and_for_an_unknown_user() {
         "{err}"
     );
 }
+
+/// A worker that writes garbage on its channel is killed with a logged
+/// reason; the supervisor carries on and respawns it.
+#[test]
+fn worker_that_sends_garbage_is_killed_and_the_supervisor_carries_on() {
+    let dir = temp_dir();
+    let pid_file = dir.path().join("garbage.pid");
+    let faulty = start_faulty(
+        dir.path(),
+        "garbage-to-supervisor",
+        &[
+            "--respawn-delay",
+            "0.1",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let line = faulty
+        .host
+        .wait_for_log("channel error: unknown channel message", LONG);
+    assert!(line.contains("killing it"), "{line}");
+    eventually("a respawned worker", LONG, || {
+        (faulty_pids(&faulty.events, "start").len() >= 2).then_some(())
+    });
+    let status = read_status(&pid_file).expect("a status file");
+    assert!(status.serving(faulty.host.supervisor(), 1), "{status:?}");
+}

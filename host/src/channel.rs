@@ -449,4 +449,48 @@ mod tests {
         send(a.as_raw_fd(), &vec![b'F'; MAX_TEXT + 2], MsgFlags::empty()).unwrap();
         assert_eq!(b.recv().unwrap_err().kind(), io::ErrorKind::InvalidData);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn frame() -> impl Strategy<Value = Vec<u8>> {
+            proptest::collection::vec(any::<u8>(), 0..MAX_TEXT + 64)
+        }
+
+        proptest! {
+            /// Any frame a peer can send decodes to a message or to an
+            /// error, never a panic, whatever the type.
+            #[test]
+            fn any_frame_decodes_or_is_refused(bytes in frame()) {
+                if let Some((&tag, payload)) = bytes.split_first() {
+                    let _ = FromWorker::decode(tag, payload);
+                    let _ = ToWorker::decode(tag, payload);
+                    let _ = NewToOld::decode(tag, payload);
+                    let _ = OldToNew::decode(tag, payload);
+                    let _ = ToAnchor::decode(tag, payload);
+                }
+            }
+
+            /// Garbage on a real channel is an error for that channel, and
+            /// the next good message still arrives.
+            #[test]
+            fn garbage_then_a_message(bytes in frame()) {
+                let (a, b) = WorkerEnd::pair().unwrap();
+                if !bytes.is_empty() {
+                    send(a.as_raw_fd(), &bytes, MsgFlags::empty()).unwrap();
+                    let _ = b.recv();
+                }
+                a.send(&FromWorker::Ready).unwrap();
+                prop_assert_eq!(b.recv().unwrap(), Received::Message(FromWorker::Ready));
+            }
+
+            #[test]
+            fn failure_reasons_round_trip(reason in ".{0,200}") {
+                let (a, b) = WorkerEnd::pair().unwrap();
+                a.send(&FromWorker::Failed(reason.clone())).unwrap();
+                prop_assert_eq!(b.recv().unwrap(), Received::Message(FromWorker::Failed(reason)));
+            }
+        }
+    }
 }

@@ -10,6 +10,9 @@
 //! - `error-in-new` / `panic-in-new`: the constructor fails / panics;
 //! - `panic-in-run`: `supervised_process` panics after `ready_to_take_over`;
 //! - `exit-in-run`: the worker process exits with status 7;
+//! - `garbage-to-supervisor`: after `ready_to_take_over`, writes a frame of
+//!   garbage on its channel to the supervisor (the one SEQPACKET socket it
+//!   holds), then serves;
 //! - `fork-and-exit`: the worker forks a child that sleeps forever (holding
 //!   every descriptor the worker had, the listening sockets too), records it
 //!   as a `child pid=N` event, then exits with status 7;
@@ -133,6 +136,29 @@ impl SupervisedProcess for Faulty {
         match self.base.as_str() {
             "panic-in-run" => panic!("told to panic (mode panic-in-run)"),
             "exit-in-run" => std::process::exit(7),
+            "garbage-to-supervisor" => {
+                for fd in 3..256 {
+                    let mut kind: libc::c_int = 0;
+                    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                    // SAFETY: getsockopt writes at most `len` bytes into `kind`,
+                    // a local of that size; any fd number is safe to ask about.
+                    let ok = unsafe {
+                        libc::getsockopt(
+                            fd,
+                            libc::SOL_SOCKET,
+                            libc::SO_TYPE,
+                            (&mut kind as *mut libc::c_int).cast(),
+                            &mut len,
+                        )
+                    } == 0;
+                    if ok && kind == libc::SOCK_SEQPACKET {
+                        let garbage = b"\x7fnot a message";
+                        // SAFETY: sends from a live buffer of the given length.
+                        unsafe { libc::send(fd, garbage.as_ptr().cast(), garbage.len(), 0) };
+                        self.event("garbage sent", self.generation);
+                    }
+                }
+            }
             "fork-and-exit" => {
                 // SAFETY: the child only sleeps (a plain system call) until
                 // it is killed; it touches no lock or allocation of the
