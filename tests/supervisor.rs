@@ -495,3 +495,32 @@ fn worker_that_sends_garbage_is_killed_and_the_supervisor_carries_on() {
     let status = read_status(&pid_file).expect("a status file");
     assert!(status.serving(faulty.host.supervisor(), 1), "{status:?}");
 }
+
+/// `--watchdog`: a worker stopped with SIGSTOP (or one that never pings)
+/// is killed as hung and respawned; a worker that pings is left alone.
+#[test]
+fn watchdog_kills_and_respawns_a_hung_worker() {
+    let dir = temp_dir();
+    let faulty = start_faulty(
+        dir.path(),
+        "serve",
+        &["--watchdog", "0.5", "--respawn-delay", "0.1"],
+        &[],
+    );
+    let first = eventually("a worker", LONG, || {
+        faulty_pids(&faulty.events, "start").first().copied()
+    });
+    // It pings every few milliseconds: it outlives several periods.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(alive(first), "a worker that pings was killed");
+
+    signal(first, Signal::SIGSTOP);
+    let line = faulty
+        .host
+        .wait_for_log("is hung: no ping_supervisor() for", LONG);
+    assert!(line.contains(&format!("worker pid {first}")), "{line}");
+    let second = eventually("a respawned worker", LONG, || {
+        faulty_pids(&faulty.events, "start").get(1).copied()
+    });
+    assert!(!alive(first) && alive(second));
+}

@@ -65,6 +65,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", required = true)]
     pub plugin: Option<PathBuf>,
 
+    /// Load the plugin even if someone else could change it: by default it
+    /// must be a regular file owned by you or root and not writable by group
+    /// or others, in a directory that is the same (only its own directory
+    /// is checked, not the ones above).
+    #[arg(long)]
+    pub insecure_plugin_path: bool,
+
     /// Lock this file for the supervisor's life and write its pid into it;
     /// a second host on the same file is refused. Needed by `host reload`.
     /// [default: none]
@@ -106,6 +113,12 @@ pub struct RunArgs {
     /// the outcome as `host reload` does. Otherwise start as usual.
     #[arg(long, requires = "pid_file")]
     pub reload_if_running: bool,
+
+    /// Kill (and respawn) a serving worker that has not called
+    /// ping_supervisor() for SECS: a hung worker. Off by default. Each ping
+    /// bumps a counter in memory shared with the supervisor: no system call.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub watchdog: Option<Duration>,
 
     /// Started as root: after binding --listen and opening --pid-file, run
     /// as this user (with its groups) from then on; no worker ever runs as

@@ -64,6 +64,7 @@ mod cli;
 mod control;
 mod daemon;
 mod error;
+mod heartbeat;
 mod lifecycle;
 mod listeners;
 mod logging;

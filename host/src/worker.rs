@@ -23,6 +23,7 @@ use nix::unistd::{getppid, Pid};
 use plugin_api::ffi::{HostServices, HostServices_TO, PluginModuleRef, API_VERSION};
 
 use crate::channel::{FromWorker, Received, StopReason, ToWorker, WorkerEnd};
+use crate::heartbeat::Heartbeat;
 use crate::logging::{self, Role};
 use crate::snapshot::Snapshot;
 use crate::{priority, signals};
@@ -45,6 +46,8 @@ pub struct Spec<'a> {
     /// The nice value to serve at, if the supervisor is boosted (see
     /// `priority`): taken at `Go`, or at once if `go` is already true.
     pub base_nice: Option<i32>,
+    /// With `--watchdog`: the page `ping_supervisor` beats in.
+    pub heartbeat: Option<&'static Heartbeat>,
 }
 
 /// The worker's whole life, in the forked child. Never returns.
@@ -90,6 +93,7 @@ fn live(channel: WorkerEnd, spec: Spec<'_>) -> i32 {
     );
     let services = WorkerServices {
         link: Arc::clone(&link),
+        heartbeat: spec.heartbeat,
         generation: spec.generation,
         listener_fds: spec.listener_fds.clone(),
         max_log_level: logging::max_level(),
@@ -372,6 +376,9 @@ impl Link {
 /// The host services handed to the plugin.
 struct WorkerServices {
     link: Arc<Link>,
+    /// The supervisor's heartbeat page, mapped in this process until it
+    /// exits (the worker never returns to the code that would unmap it).
+    heartbeat: Option<&'static Heartbeat>,
     generation: u64,
     listener_fds: Vec<RawFd>,
     max_log_level: u8,
@@ -379,6 +386,9 @@ struct WorkerServices {
 
 impl HostServices for WorkerServices {
     fn ping(&self) -> bool {
+        if let Some(heartbeat) = self.heartbeat {
+            heartbeat.beat();
+        }
         !self.link.stop.load(Ordering::Relaxed)
     }
 

@@ -178,6 +178,11 @@ pub enum Event {
         pid: Pid,
         exit: Exit,
     },
+    /// With `--watchdog`: a serving worker did not ping for `silent`.
+    WorkerHung {
+        pid: Pid,
+        silent: Duration,
+    },
     /// The next generation was started, or could not be.
     Spawned(Result<Pid, String>),
     Successor(NewToOld),
@@ -307,6 +312,18 @@ impl Machine {
             Life::TakingOver { predecessor } => Some(predecessor),
             _ => None,
         }
+    }
+
+    /// Whether the watchdog watches worker `pid`: it serves (ready, or built
+    /// if it cannot hot-reload) in a generation in charge.
+    pub fn watched(&self, pid: Pid) -> bool {
+        matches!(self.life, Life::Serving { .. })
+            && self.slots.iter().any(|s| {
+                matches!(s, Slot::Running(w) if w.pid == pid && matches!(
+                    w.state,
+                    WorkerState::Ready | WorkerState::Loaded { can_hot_reload: false }
+                ))
+            })
     }
 
     /// How many slots back off because their workers keep dying young.

@@ -32,6 +32,14 @@ impl Machine {
             Event::Forked { slot, result } => self.on_forked(slot, result, now, &mut fx),
             Event::Worker { pid, message } => self.on_worker_message(pid, message, now, &mut fx),
             Event::WorkerExited { pid, exit } => self.on_worker_exit(pid, exit, now, &mut fx),
+            Event::WorkerHung { pid, silent } => {
+                if let Some(w) = self.running_mut(pid) {
+                    let why = format!("hung: no ping_supervisor() for {silent:.1?}");
+                    tracing::warn!("worker pid {pid} is {why}: killing it");
+                    w.failure = Some(why);
+                    fx.push(Effect::Kill { pid });
+                }
+            }
             Event::Spawned(result) => self.on_spawned(result, now, &mut fx),
             Event::Successor(message) => self.on_successor(message, now, &mut fx),
             Event::SuccessorGone { reason } => {

@@ -20,7 +20,7 @@ impl Runtime {
             let answer = match effect {
                 Effect::ForkWorker { slot, go } => Some(Event::Forked {
                     slot,
-                    result: self.fork_worker(go)?,
+                    result: self.fork_worker(slot, go)?,
                 }),
                 Effect::SpawnSuccessor { generation } => Some(self.spawn_successor(generation)),
                 Effect::Send { pid, message } => {

@@ -1,21 +1,33 @@
 //! Forking a worker: the one place the supervisor forks.
 
+use std::time::Instant;
+
 use nix::unistd::{fork, getpid, ForkResult, Pid};
 
 use super::runtime::{Runtime, WorkerLink};
 use crate::channel::ToWorkerEnd;
 use crate::error::Error;
+use crate::heartbeat::Heartbeat;
 use crate::signals;
 use crate::worker;
 
 impl Runtime {
-    /// Forks a worker; `go`: it may serve at once. The outer error is fatal
-    /// to the supervisor (its signal mask is lost); the inner one is a fork
-    /// that did not happen.
-    pub(super) fn fork_worker(&mut self, go: bool) -> Result<Result<Pid, String>, Error> {
+    /// Forks a worker for `slot`; `go`: it may serve at once. The outer error
+    /// is fatal to the supervisor (its signal mask is lost); the inner one is
+    /// a fork that did not happen.
+    pub(super) fn fork_worker(
+        &mut self,
+        slot: usize,
+        go: bool,
+    ) -> Result<Result<Pid, String>, Error> {
         let (ours, theirs) = match ToWorkerEnd::pair() {
             Ok(pair) => pair,
             Err(e) => return Ok(Err(format!("cannot create a worker channel: {e}"))),
+        };
+        tracing::debug!("forking a worker for slot {slot}");
+        let heartbeat = match self.config.watchdog.map(|_| Heartbeat::new()).transpose() {
+            Ok(heartbeat) => heartbeat,
+            Err(e) => return Ok(Err(format!("cannot map a heartbeat page: {e}"))),
         };
         let spec = worker::Spec {
             generation: self.machine.generation,
@@ -25,6 +37,7 @@ impl Runtime {
             plugin_args: &self.config.plugin_args,
             go,
             base_nice: self.base_nice,
+            heartbeat: None,
         };
         if let Err(e) = single_threaded() {
             return Ok(Err(e));
@@ -38,13 +51,16 @@ impl Runtime {
         match forked {
             Ok(ForkResult::Child) => {
                 drop(ours);
-                worker::run(theirs, spec)
+                // The worker never returns: its copy of the page stays mapped.
+                let heartbeat = heartbeat.map(|h| &*Box::leak(Box::new(h)));
+                worker::run(theirs, worker::Spec { heartbeat, ..spec })
             }
             Ok(ForkResult::Parent { child }) => {
                 signals::restore(&mask).map_err(Error::os("cannot restore the signal mask"))?;
                 self.workers.push(WorkerLink {
                     pid: child,
                     channel: Some(ours),
+                    heartbeat: heartbeat.map(|h| (h, 0, Instant::now())),
                 });
                 Ok(Ok(child))
             }

@@ -15,6 +15,7 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR2};
 use super::{Config, Parts};
 use crate::channel::{NewToOld, OldToNew, Received, ToAnchor, ToWorkerEnd};
 use crate::error::Error;
+use crate::heartbeat::Heartbeat;
 use crate::lifecycle::{Event, Exit, Machine};
 use crate::listeners::Listeners;
 use crate::pidfile::PidFile;
@@ -26,6 +27,8 @@ use crate::snapshot::Snapshot;
 pub(super) struct WorkerLink {
     pub pid: Pid,
     pub channel: Option<ToWorkerEnd>,
+    /// With `--watchdog`: its heartbeat, the count last seen, and since when.
+    pub heartbeat: Option<(Heartbeat, u64, Instant)>,
 }
 
 /// One generation's supervisor: the lifecycle plus everything it acts on.
@@ -170,15 +173,20 @@ impl Runtime {
         sources.push(Source::Signals);
         fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
 
-        let timeout = self
-            .machine
-            .next_deadline()
-            .map_or(PollTimeout::NONE, |deadline| {
-                let wait = deadline.saturating_duration_since(Instant::now());
-                // Round up, so a deadline is never polled for just before it is due.
-                PollTimeout::try_from(wait.saturating_add(Duration::from_micros(999)))
-                    .unwrap_or(PollTimeout::MAX)
-            });
+        let watch = self.config.watchdog.filter(|_| !self.workers.is_empty());
+        let check = watch.map(|period| {
+            Instant::now() + (period / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+        });
+        let next = [self.machine.next_deadline(), check]
+            .into_iter()
+            .flatten()
+            .min();
+        let timeout = next.map_or(PollTimeout::NONE, |deadline| {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            // Round up, so a deadline is never polled for just before it is due.
+            PollTimeout::try_from(wait.saturating_add(Duration::from_micros(999)))
+                .unwrap_or(PollTimeout::MAX)
+        });
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => {
@@ -206,6 +214,7 @@ impl Runtime {
             }
         }
         self.reap(&mut events);
+        self.check_heartbeats(&mut events);
         events.push(Event::Tick);
         Ok(events)
     }
@@ -281,6 +290,31 @@ impl Runtime {
                 SIGUSR2 => events.push(Event::ReloadSignal),
                 SIGHUP => tracing::info!("SIGHUP ignored: send SIGUSR2 to reload, SIGTERM to stop"),
                 other => tracing::debug!("{} ignored", signals::name(other)),
+            }
+        }
+    }
+
+    /// With `--watchdog`: a worker that serves and has not pinged for the
+    /// whole period is hung. The period counts from when it began to serve.
+    fn check_heartbeats(&mut self, events: &mut Vec<Event>) {
+        let Some(period) = self.config.watchdog else {
+            return;
+        };
+        let now = Instant::now();
+        for w in &mut self.workers {
+            let Some((heartbeat, seen, since)) = &mut w.heartbeat else {
+                continue;
+            };
+            let count = heartbeat.count();
+            if count != *seen || !self.machine.watched(w.pid) {
+                (*seen, *since) = (count, now);
+            } else if now.saturating_duration_since(*since) >= period {
+                events.push(Event::WorkerHung {
+                    pid: w.pid,
+                    silent: now.saturating_duration_since(*since),
+                });
+                // Once: it is killed now.
+                w.heartbeat = None;
             }
         }
     }
