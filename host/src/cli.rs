@@ -65,6 +65,48 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", required = true)]
     pub plugin: Option<PathBuf>,
 
+    /// Lock this file for the supervisor's life and write its pid into it;
+    /// a second host on the same file is refused. Needed by `host reload`.
+    /// [default: none]
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+
+    /// Bind a TCP listening socket at IP:PORT (repeatable; port 0 picks a
+    /// free one). Bound once, shared by all workers, and handed to every
+    /// new generation, so a reload never refuses a connection.
+    #[arg(long = "listen", value_name = "ADDR", value_parser = parse_listen)]
+    pub listen: Vec<SocketAddr>,
+
+    /// How many workers to run.
+    #[arg(long, value_name = "N", default_value = "1", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: u16,
+
+    /// Seconds to wait before respawning a worker that ended (fractions allowed).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    pub respawn_delay: Duration,
+
+    /// The longest wait between respawns of a worker that keeps dying young
+    /// (within 10 s of its start): the delay doubles from --respawn-delay up
+    /// to this, and returns to --respawn-delay once a worker lives longer.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
+    pub respawn_delay_max: Duration,
+
+    /// Seconds a stopping worker gets to finish its work and run its shutdown
+    /// before it is killed.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub shutdown_timeout: Duration,
+
+    /// Seconds a new generation gets to take over after SIGUSR2 before it is
+    /// killed and the running generation carries on.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
+    pub reload_timeout: Duration,
+
+    /// If a host already runs on --pid-file, hot-reload it instead of
+    /// failing (it keeps the arguments it was started with), and exit with
+    /// the outcome as `host reload` does. Otherwise start as usual.
+    #[arg(long, requires = "pid_file")]
+    pub reload_if_running: bool,
+
     /// Kill (and respawn) a serving worker that has not called
     /// ping_supervisor() for SECS: a hung worker. Off by default. Each ping
     /// bumps a counter in memory shared with the supervisor: no system call.
