@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use nix::sys::socket::{setsockopt, sockopt};
 use support::*;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -505,46 +507,136 @@ fn reload_execs_a_rebuilt_host_binary_and_survives_a_missing_one() {
     );
 }
 
+/// One datagram from the fake systemd socket (which has `SO_PASSCRED` set):
+/// the sender's pid (from its `SCM_CREDENTIALS`) and the text. `None` when
+/// nothing came within the socket's read timeout.
+fn receive_notification(systemd: &UnixDatagram) -> Option<(u32, String)> {
+    let mut buf = [0u8; 4096];
+    // Room for the credentials message, aligned as a cmsghdr must be.
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` points at `iov` and `control`, which live across the
+    // call, with their true lengths.
+    let n = unsafe { libc::recvmsg(systemd.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return None;
+    }
+    let mut sender = None;
+    // SAFETY: the CMSG_* walk stays within the msg_controllen bytes of
+    // `control` the kernel filled; the data of an SCM_CREDENTIALS message
+    // is a ucred, read unaligned.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_CREDENTIALS
+            {
+                let creds: libc::ucred = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                sender = Some(creds.pid as u32);
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    let sender = sender.expect("SCM_CREDENTIALS with every datagram");
+    Some((
+        sender,
+        String::from_utf8_lossy(&buf[..n as usize]).into_owned(),
+    ))
+}
+
+/// A fake systemd notification socket: what it heard, in order (the
+/// sender's pid and the text), and how far the test has matched.
+struct Notifications {
+    socket: UnixDatagram,
+    heard: Vec<(u32, String)>,
+    matched: usize,
+}
+
+impl Notifications {
+    fn bind(path: &Path) -> Notifications {
+        let socket = UnixDatagram::bind(path).unwrap();
+        setsockopt(&socket, sockopt::PassCred, &true).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        Notifications {
+            socket,
+            heard: Vec::new(),
+            matched: 0,
+        }
+    }
+
+    /// Waits for the next datagram, after the last one matched, that
+    /// contains `needle`; returns its text.
+    fn wait_for(&mut self, needle: &str) -> String {
+        eventually(&format!("systemd to hear {needle:?}"), LONG, || {
+            if let Some(datagram) = receive_notification(&self.socket) {
+                self.heard.push(datagram);
+            }
+            let after = self.heard[self.matched..]
+                .iter()
+                .position(|(_, m)| m.contains(needle))?;
+            self.matched += after + 1;
+            Some(self.heard[self.matched - 1].1.clone())
+        })
+    }
+
+    /// Everything heard, with what is still queued.
+    fn all(&mut self) -> &[(u32, String)] {
+        while let Some(datagram) = receive_notification(&self.socket) {
+            self.heard.push(datagram);
+        }
+        &self.heard
+    }
+}
+
+/// Under systemd only the anchor, the main process for the service's whole
+/// life, notifies (every datagram's sender, by `SO_PASSCRED`, is the
+/// anchor): `READY=1`, then `RELOADING=1` and `READY=1` again on a reload,
+/// then `STOPPING=1`, in that order; the main pid never changes.
 #[test]
 fn systemd_hears_ready_reloading_ready_and_stopping_from_one_main_pid() {
     let dir = temp_dir();
     let socket = dir.path().join("notify.sock");
-    let systemd = UnixDatagram::bind(&socket).unwrap();
-    systemd
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    let mut heard = Vec::new();
-    let mut wait_for = |needle: &str| {
-        eventually(&format!("systemd to hear {needle:?}"), LONG, || {
-            let mut buf = [0u8; 4096];
-            if let Ok(n) = systemd.recv(&mut buf) {
-                heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-            heard
-                .iter()
-                .position(|m| m.contains(needle))
-                .map(|i| heard.remove(i))
-        })
-    };
+    let mut systemd = Notifications::bind(&socket);
     let pid_file = dir.path().join("faulty.pid");
-    let faulty = start_faulty(
+    let mut faulty = start_faulty(
         dir.path(),
         "serve",
         &["--pid-file", pid_file.to_str().unwrap()],
         &[("NOTIFY_SOCKET", socket.to_str().unwrap())],
     );
-    assert!(wait_for("READY=1").contains("STATUS=serving (generation 1)"));
+    let anchor = faulty.host.pid();
+    assert!(systemd
+        .wait_for("READY=1")
+        .contains("STATUS=serving (generation 1)"));
 
     let (ok, _, err) = reload(&pid_file);
     assert!(ok, "{err}");
-    assert!(wait_for("RELOADING=1").contains("MONOTONIC_USEC="));
-    assert!(wait_for("READY=1").contains("STATUS=serving (generation 2)"));
+    assert!(systemd.wait_for("RELOADING=1").contains("MONOTONIC_USEC="));
+    assert!(systemd
+        .wait_for("READY=1")
+        .contains("STATUS=serving (generation 2)"));
 
     // systemd's MAINPID, the anchor, stays for the service's whole life.
-    signal(faulty.host.pid(), Signal::SIGTERM);
-    wait_for("STOPPING=1");
+    signal(anchor, Signal::SIGTERM);
+    systemd.wait_for("STOPPING=1");
+    assert_eq!(faulty.host.wait_exit(LONG).code(), Some(0));
+    let heard = systemd.all();
     assert!(
-        !heard.iter().any(|m| m.contains("MAINPID=")),
+        heard.iter().all(|(pid, _)| *pid == anchor),
+        "only the anchor (pid {anchor}) notifies: {heard:?}"
+    );
+    assert!(
+        !heard.iter().any(|(_, m)| m.contains("MAINPID=")),
         "the main pid never changes: {heard:?}"
     );
     let events = lines(&faulty.events);

@@ -263,6 +263,10 @@ impl Anchor {
                     self.successor = None;
                 }
                 self.served = true;
+                // Started: the pid file stays (a failed start removes it).
+                if let Some(pid_file) = &mut self.pid_file {
+                    pid_file.commit();
+                }
                 notify::serving(generation);
                 if let Some(readiness) = self.readiness.take() {
                     readiness.serving();
@@ -311,7 +315,14 @@ impl Anchor {
 
     /// Passes a signal on to the supervisor in charge (or starting).
     fn forward(&self, sig: i32) {
-        let Some(target) = self.in_charge.or(self.starting) else {
+        let successor = self.successor.map(|pid| Generation {
+            pid,
+            number: self.last_generation,
+            since: Instant::now(),
+        });
+        // The one in charge; else one that starts (a first generation, or
+        // a successor whose predecessor died: it takes charge shortly).
+        let Some(target) = self.in_charge.or(self.starting).or(successor) else {
             return tracing::info!("{} not forwarded: no supervisor runs", signals::name(sig));
         };
         let Ok(signal) = Signal::try_from(sig) else {

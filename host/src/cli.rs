@@ -65,6 +65,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", required = true)]
     pub plugin: Option<PathBuf>,
 
+    /// Load the plugin even if someone else could change it: by default it
+    /// must be a regular file owned by you or root and not writable by group
+    /// or others, in a directory that is the same (only its own directory
+    /// is checked, not the ones above).
+    #[arg(long)]
+    pub insecure_plugin_path: bool,
+
     /// Lock this file for the supervisor's life and write its pid into it;
     /// a second host on the same file is refused. Needed by `host reload`.
     /// [default: none]

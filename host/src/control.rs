@@ -1,6 +1,27 @@
 //! `host reload | status | stop`: control a running host through its pid
 //! file (whose lock says whether it runs) and status file (what it does).
+//!
+//! A command acts only on a process that is provably the host of the pid
+//! file, and otherwise refuses, signalling nothing:
+//!
+//! - the pid file is a regular file (not a link), locked, and owned by root,
+//!   by the caller, or by the user the process it names runs as (anyone
+//!   else could make it name any process); so is the status file beside it;
+//! - the status file was written in the caller's pid namespace (pids from
+//!   another one name other processes here);
+//! - the pid is the supervisor the status file describes: it started when
+//!   the status file says (so the pid was not reused), and the environment
+//!   it was started with holds the instance id the status file records,
+//!   which only the anchor and the generations it started carry (see
+//!   `reload::instance`). During start-up the pid file names the anchor:
+//!   then it must be the parent of that supervisor.
+//!
+//! The process is held by a pidfd from before the checks, so a signal
+//! reaches the process that was checked, never one that took its pid since.
 
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -8,12 +29,17 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::cli::Command;
-use crate::error::Error;
+use crate::error::{self, shown, Error};
 use crate::pidfile::{self, Holder};
-use crate::status::{self, State};
+use crate::reload;
+use crate::status::{self, State, Status};
 
 /// How often a waiting command looks again.
 const POLL: Duration = Duration::from_millis(5);
+
+/// How long the pid file and the status file may disagree (a new
+/// generation writes one, then the other) before a command gives up.
+const SETTLE: Duration = Duration::from_secs(2);
 
 pub fn run(command: Command) -> Result<(), Error> {
     match command {
@@ -23,40 +49,294 @@ pub fn run(command: Command) -> Result<(), Error> {
     }
 }
 
-/// The pid of the host that holds `pid_file`, or an error saying why there is none.
-fn running_pid(pid_file: &Path) -> Result<u32, Error> {
-    let shown = pid_file.display();
-    match pidfile::holder(pid_file) {
-        Ok(Holder::Running(Some(pid))) => Ok(pid),
-        Ok(Holder::Running(None)) => Err(Error::Control(format!(
-            "pid file {shown}: locked, but holds no pid yet (the host is starting; try again)"
-        ))),
-        Ok(Holder::NotRunning) => Err(Error::Control(format!(
-            "pid file {shown}: no host is running (the file is stale); start one with `host --plugin ... --pid-file {shown}`"
-        ))),
-        Err(e) => Err(Error::Control(format!("pid file {shown}: {e} (is the path right?)"))),
+/// The host of a pid file, checked (see the module docs).
+struct Host {
+    /// The pid the pid file names: the supervisor in charge, or the anchor
+    /// while the first generation starts.
+    pid: u32,
+    /// What the status file says; `status.pid` is the supervisor.
+    status: Status,
+    process: Process,
+}
+
+/// Finds the host of `pid_file` and proves it is one (see the module docs).
+/// During a hand-over the files and processes change under the checks (the
+/// old supervisor exits, the new one claims the files), so a refusal is
+/// retried until `SETTLE` has passed: a real impostor is still refused.
+fn checked_host(pid_file: &Path) -> Result<Host, Error> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        match try_checked_host(pid_file) {
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("{e}; looking again");
+                std::thread::sleep(POLL);
+            }
+            done => return done,
+        }
     }
 }
 
-fn signal(pid: u32, sig: Signal) -> Result<(), Error> {
-    let target =
-        i32::try_from(pid).map_err(|_| Error::Control(format!("pid {pid} is out of range")))?;
-    kill(Pid::from_raw(target), sig)
-        .map_err(|e| Error::Control(format!("cannot send {sig} to pid {pid}: {e}")))
+fn try_checked_host(pid_file: &Path) -> Result<Host, Error> {
+    let status_path = status::path_for(pid_file);
+    let own_ns = status::own_pid_namespace()
+        .map_err(|e| Error::Control(format!("cannot read /proc/self/ns/pid: {e}")))?;
+    let deadline = Instant::now() + SETTLE;
+    // The pid file and status file agree, or the time is up.
+    let (pid, pid_file_owner, status, status_owner) = loop {
+        let (pid, pid_file_owner) = running_pid(pid_file)?;
+        let why = match status::read_with_owner(&status_path) {
+            Ok((Some(status), owner)) => {
+                if status.pid_ns != own_ns {
+                    return Err(Error::Control(format!(
+                        "pid file {}: the host runs in another pid namespace ({}; this command runs in {own_ns}), where its pids name other processes than here: run the command inside it (e.g. `nsenter --target PID --pid --mount host ...`, PID being its anchor as seen from here)",
+                        shown(pid_file),
+                        status.pid_ns
+                    )));
+                }
+                if status.pid == pid || status.anchor == pid {
+                    break (pid, pid_file_owner, status, owner);
+                }
+                format!(
+                    "the pid file names pid {pid} but {} pid {} (the host is starting or changing hands; try again)",
+                    shown(&status_path),
+                    status.pid
+                )
+            }
+            Ok((None, _)) => format!(
+                "{} is not a status file this host writes (no instance id?): restart the host with this version",
+                shown(&status_path)
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => format!(
+                "{} is missing (the host is starting; try again)",
+                shown(&status_path)
+            ),
+            Err(e) => format!("{}: {}", shown(&status_path), describe(&e)),
+        };
+        if Instant::now() >= deadline {
+            return Err(Error::Control(format!(
+                "pid file {}: {why}",
+                shown(pid_file)
+            )));
+        }
+        std::thread::sleep(POLL);
+    };
+
+    // Hold the process first: whatever the checks see is what is signalled.
+    let process = Process::open(pid)?;
+    let refuse = |why: String| {
+        Error::Control(format!(
+            "pid file {} names pid {pid}, which is not its host: {why}; refusing to signal it",
+            shown(pid_file)
+        ))
+    };
+    // Files of anyone but root, the caller, or the user the process runs
+    // as (who can signal it anyway) prove nothing.
+    let runs_as = real_uid(pid)
+        .ok_or_else(|| refuse(format!("cannot read /proc/{pid}/status (it is gone?)")))?;
+    let me = nix::unistd::geteuid().as_raw();
+    for (what, path, owner) in [
+        ("pid file", pid_file, pid_file_owner),
+        ("status file", status_path.as_path(), status_owner),
+    ] {
+        if ![0, me, runs_as].contains(&owner) {
+            return Err(Error::Control(format!(
+                "{what} {} is owned by {}: not root, not you, not the user pid {pid} runs as ({}); its owner could make it name any process, so it proves nothing: refusing to act on it (remove it, or use the host's own --pid-file)",
+                shown(path),
+                error::user(owner),
+                error::user(runs_as)
+            )));
+        }
+    }
+    // The supervisor the status file describes: the pid file names it, or
+    // its parent, the anchor, during start-up.
+    let supervisor = status.pid;
+    check_supervisor(supervisor, &status).map_err(|why| match supervisor == pid {
+        true => refuse(why),
+        false => refuse(format!("its supervisor pid {supervisor}: {why}")),
+    })?;
+    // During start-up the pid file names the anchor: the supervisor's parent.
+    if supervisor != pid && parent(supervisor) != Some(pid) {
+        return Err(refuse(format!(
+            "{} names it as the anchor, but it is not the parent of supervisor pid {supervisor}",
+            shown(&status_path)
+        )));
+    }
+    process.check_alive().map_err(|e| refuse(e.to_string()))?;
+    Ok(Host {
+        pid,
+        status,
+        process,
+    })
+}
+
+/// Checks that `pid` is the supervisor `status` describes: it started then,
+/// and was started with the host's instance id in its environment.
+fn check_supervisor(pid: u32, status: &Status) -> Result<(), String> {
+    let started =
+        status::start_time(&pid.to_string()).map_err(|e| format!("cannot read its start: {e}"))?;
+    if started != status.start_time {
+        return Err(format!(
+            "it started at {started}, not at {} as the status file says (the host is gone and its pid reused?)",
+            status.start_time
+        ));
+    }
+    let id = &status.instance;
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("the status file holds no valid instance id".into());
+    }
+    // The environment the process was exec'd with (what it removed since,
+    // this host's variables among them, still shows here).
+    let environ = fs::read(format!("/proc/{pid}/environ")).map_err(|e| {
+        format!("cannot read /proc/{pid}/environ to check ({e}): run the command as the host's user or root")
+    })?;
+    let wanted = format!("{}={id}", reload::INSTANCE_VAR);
+    match environ
+        .split(|&b| b == 0)
+        .any(|var| var == wanted.as_bytes())
+    {
+        true => Ok(()),
+        false => Err("its environment lacks the instance id the status file records".into()),
+    }
+}
+
+/// The real uid of `pid`, from `/proc/PID/status` (which says it even when
+/// the process is not dumpable, unlike the owner of `/proc/PID`).
+fn real_uid(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    // Real, effective, saved, filesystem.
+    uids.split_whitespace().next()?.parse().ok()
+}
+
+/// The parent of `pid`, from `/proc/PID/stat`.
+fn parent(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // Field 3 is the state, field 4 the parent.
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The pid a locked pid file names, and the file's owner; or an error
+/// saying why no host runs there.
+fn running_pid(pid_file: &Path) -> Result<(u32, u32), Error> {
+    let shown = shown(pid_file);
+    match pidfile::inspect(pid_file) {
+        Ok((Holder::Running(Some(pid)), owner)) => Ok((pid, owner)),
+        Ok((Holder::Running(None), _)) => Err(Error::Control(format!(
+            "pid file {shown}: locked, but holds no pid yet (the host is starting; try again)"
+        ))),
+        Ok((Holder::NotRunning, _)) => Err(Error::Control(format!(
+            "pid file {shown}: no host is running (the file is stale); start one with `host --plugin ... --pid-file {shown}`"
+        ))),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(Error::Control(format!(
+            "pid file {shown}: is a symbolic link, which no host makes; refusing to follow it (pass the real file)"
+        ))),
+        Err(e) => Err(Error::Control(format!(
+            "pid file {shown}: {} (is the path right?)",
+            describe(&e)
+        ))),
+    }
+}
+
+/// An I/O error for a message, without Rust's `(os error N)`.
+fn describe(e: &io::Error) -> String {
+    let text = e.to_string();
+    match text.split_once(" (os error") {
+        Some((head, _)) => head.to_owned(),
+        None => text,
+    }
+}
+
+/// One process, held by a pidfd where the kernel has them (Linux 5.3).
+struct Process {
+    pid: u32,
+    pidfd: Option<OwnedFd>,
+}
+
+impl Process {
+    fn open(pid: u32) -> Result<Process, Error> {
+        let raw = libc::pid_t::try_from(pid)
+            .map_err(|_| Error::Control(format!("pid {pid} is out of range")))?;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new
+        // descriptor (close-on-exec) or -1; no memory of ours is involved.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                // An old kernel: fall back to kill(2) by pid.
+                Some(libc::ENOSYS) => Ok(Process { pid, pidfd: None }),
+                _ => Err(Error::Control(format!(
+                    "pid {pid}: {} (the host is gone? try again)",
+                    describe(&e)
+                ))),
+            };
+        }
+        let fd = RawFd::try_from(fd).expect("a descriptor fits in a RawFd");
+        // SAFETY: the kernel just returned this descriptor to us; nothing
+        // else owns it, and the OwnedFd closes it once.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Process {
+            pid,
+            pidfd: Some(pidfd),
+        })
+    }
+
+    /// Checks that the held process still runs (signal 0).
+    fn check_alive(&self) -> io::Result<()> {
+        self.send(None)
+    }
+
+    fn signal(&self, sig: Signal) -> Result<(), Error> {
+        self.send(Some(sig)).map_err(|e| {
+            Error::Control(format!(
+                "cannot send {sig} to pid {}: {}",
+                self.pid,
+                describe(&e)
+            ))
+        })
+    }
+
+    fn send(&self, sig: Option<Signal>) -> io::Result<()> {
+        let number = sig.map_or(0, |s| s as libc::c_int);
+        match &self.pidfd {
+            Some(pidfd) => {
+                // SAFETY: pidfd_send_signal reads its integer arguments
+                // only: an open pidfd we own, a signal number, a null
+                // siginfo pointer (the kernel fills in the default, as for
+                // kill) and no flags.
+                let result = unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        pidfd.as_raw_fd(),
+                        number,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+                match result {
+                    0 => Ok(()),
+                    _ => Err(io::Error::last_os_error()),
+                }
+            }
+            None => {
+                let pid = Pid::from_raw(self.pid as libc::pid_t);
+                kill(pid, sig).map_err(io::Error::from)
+            }
+        }
+    }
 }
 
 /// Hot-reloads the host running on `pid_file` and waits for the outcome.
 pub fn reload(pid_file: &Path, timeout: Duration) -> Result<(), Error> {
-    let old = running_pid(pid_file)?;
+    let host = checked_host(pid_file)?;
+    let old = host.pid;
+    let before = host.status;
+    if before.pid != old {
+        return Err(Error::Control(format!(
+            "pid {old} cannot reload now: it is starting"
+        )));
+    }
     let status_path = status::path_for(pid_file);
-    let before = status::read(&status_path)
-        .filter(|s| s.pid == old)
-        .ok_or_else(|| {
-            Error::Control(format!(
-                "{}: missing or not written by pid {old}",
-                status_path.display()
-            ))
-        })?;
     match before.state {
         State::Serving => {}
         State::Reloading => {
@@ -70,7 +350,7 @@ pub fn reload(pid_file: &Path, timeout: Duration) -> Result<(), Error> {
             ))
         }
     }
-    signal(old, Signal::SIGUSR2)?;
+    host.process.signal(Signal::SIGUSR2)?;
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         std::thread::sleep(POLL);
@@ -105,49 +385,57 @@ pub fn reload(pid_file: &Path, timeout: Duration) -> Result<(), Error> {
 }
 
 fn show_status(pid_file: &Path) -> Result<(), Error> {
-    let pid = running_pid(pid_file)?;
-    let status = status::read(&status::path_for(pid_file)).filter(|s| s.pid == pid);
-    match status {
-        Some(s) => {
-            let state = format!("{:?}", s.state).to_lowercase();
-            let listen = if s.listen.is_empty() {
-                String::new()
-            } else {
-                format!(", listening on {}", s.listen.join(" "))
-            };
-            let last = if s.last_reload.is_empty() {
-                String::new()
-            } else {
-                format!(", last reload: {}", s.last_reload)
-            };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let up = now.saturating_sub(s.anchor_since);
-            let looping = match s.crash_looping {
-                0 => String::new(),
-                n => format!(", {n} worker slot(s) crash-looping"),
-            };
-            println!(
-                "running: pid {pid}, generation {}, {state}{listen}{last}{looping}; anchor pid {}, up {up}s",
-                s.generation, s.anchor
-            );
-        }
-        None => println!("running: pid {pid}"),
+    let Host { pid, status: s, .. } = checked_host(pid_file)?;
+    if s.pid != pid {
+        println!(
+            "starting: anchor pid {pid}, generation {} starting as pid {}",
+            s.generation, s.pid
+        );
+        return Ok(());
     }
+    let state = format!("{:?}", s.state).to_lowercase();
+    let listen = if s.listen.is_empty() {
+        String::new()
+    } else {
+        format!(", listening on {}", s.listen.join(" "))
+    };
+    let last = if s.last_reload.is_empty() {
+        String::new()
+    } else {
+        format!(", last reload: {}", s.last_reload)
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let up = now.saturating_sub(s.anchor_since);
+    let looping = match s.crash_looping {
+        0 => String::new(),
+        n => format!(", {n} worker slot(s) crash-looping"),
+    };
+    println!(
+        "running: pid {pid}, generation {}, {state}{listen}{last}{looping}; anchor pid {}, up {up}s",
+        s.generation, s.anchor
+    );
     Ok(())
 }
 
 fn stop(pid_file: &Path, timeout: Duration) -> Result<(), Error> {
-    let pid = running_pid(pid_file)?;
-    signal(pid, Signal::SIGTERM)?;
+    let host = checked_host(pid_file)?;
+    let pid = host.pid;
+    host.process.signal(Signal::SIGTERM)?;
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if let Ok(Holder::NotRunning) = pidfile::holder(pid_file) {
-            println!("stopped: pid {pid}");
-            return Ok(());
+        match pidfile::holder(pid_file) {
+            // Unlocked, or removed by a host that stopped before it served.
+            Ok(Holder::NotRunning) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            _ => {
+                std::thread::sleep(POLL);
+                continue;
+            }
         }
-        std::thread::sleep(POLL);
+        println!("stopped: pid {pid}");
+        return Ok(());
     }
     Err(Error::Control(format!(
         "pid {pid} still runs {timeout:?} after SIGTERM; see its log"

@@ -1,27 +1,35 @@
 //! The host's errors. Each message names the thing, says what is wrong and,
-//! where there is one, the fix; `main` prints it as one line.
+//! where there is one, the fix; `main` prints it as one line. Paths and
+//! text from outside (a plugin's error, say) are escaped (see
+//! `logging::escape`), so that a newline in them cannot start another line.
 
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::logging::escape;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("plugin {}: {problem}", path.display())]
+    #[error("plugin {}: {}", shown(path), escape(problem))]
     Plugin { path: PathBuf, problem: String },
 
-    #[error("plugin failed to start: {0}")]
+    #[error("plugin failed to start: {}", escape(.0))]
     Start(String),
 
-    #[error("pid file {}: already running as pid {pid} (stop it with `host stop --pid-file {}`, or choose another --pid-file)", path.display(), path.display())]
+    #[error("pid file {}: already running as pid {pid} (stop it with `host stop --pid-file {}`, or choose another --pid-file)", shown(path), shown(path))]
     AlreadyRunning { path: PathBuf, pid: String },
 
-    #[error("pid file {}: {action}: {source}", path.display())]
+    #[error("pid file {}: {action}: {source}", shown(path))]
     PidFile {
         path: PathBuf,
         action: &'static str,
         source: io::Error,
     },
+
+    /// A pid file the host will not use, with the reason and the fix.
+    #[error("pid file {}: {}", shown(path), escape(problem))]
+    PidFileRefused { path: PathBuf, problem: String },
 
     #[error("--listen {addr}: {source}{hint}")]
     Listen {
@@ -30,7 +38,7 @@ pub enum Error {
         hint: &'static str,
     },
 
-    #[error("cannot take over from the previous generation: {0}")]
+    #[error("cannot take over from the previous generation: {}", escape(.0))]
     Inherit(String),
 
     #[error("{what}: {source}")]
@@ -40,7 +48,7 @@ pub enum Error {
     },
 
     /// A control command's failure, already worded for the user.
-    #[error("{0}")]
+    #[error("{}", escape(.0))]
     Control(String),
 }
 
@@ -57,6 +65,13 @@ impl Error {
             path: path.to_owned(),
             action,
             source,
+        }
+    }
+
+    pub fn pid_file_refused(path: &Path, problem: impl Into<String>) -> Error {
+        Error::PidFileRefused {
+            path: path.to_owned(),
+            problem: problem.into(),
         }
     }
 
@@ -77,5 +92,19 @@ impl Error {
     /// Wraps a failed system call the user cannot fix by changing arguments.
     pub fn os(what: &'static str) -> impl FnOnce(io::Error) -> Error {
         move |source| Error::Os { what, source }
+    }
+}
+
+/// A path as error messages show it: lossy UTF-8, control characters escaped.
+pub fn shown(path: &Path) -> String {
+    escape(&path.to_string_lossy()).into_owned()
+}
+
+/// A user as messages name them: `user nobody (uid 65534)`, or `uid 4242`
+/// when the user database does not know the uid.
+pub fn user(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => format!("user {} (uid {uid})", escape(&user.name)),
+        _ => format!("uid {uid}"),
     }
 }

@@ -2,8 +2,13 @@
 //! `worker`, the generation, the pid), so the interleaved output of several
 //! generations stays readable. The pid is read when the line is written, so
 //! it is right in forked children without any re-initialisation.
+//!
+//! Every event is one line: control characters in its message and fields
+//! (a newline in a plugin path, in an error a plugin returned, in what a
+//! plugin logs) are escaped (`\n`, `\u{1b}`), so no input can forge a line.
 
-use std::fmt;
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use tracing::{Event, Subscriber};
@@ -89,7 +94,43 @@ where
             }
             _ => write!(writer, " {level:>5} host[pid={pid}]: ")?,
         }
-        ctx.format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
+        // The fields go through a buffer, to be escaped on the way out.
+        let mut fields = String::new();
+        ctx.format_fields(Writer::new(&mut fields), event)?;
+        writeln!(writer, "{}", escape(&fields))
+    }
+}
+
+/// `text` with its control characters escaped as Rust writes them (`\n`,
+/// `\r`, `\t`, `\u{1b}`), so that it prints on one line and cannot pass
+/// for another line of the log or move a terminal's cursor. Everything else,
+/// backslashes included, is kept as is.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c.is_control() {
+            true => {
+                let _ = write!(out, "{}", c.escape_debug());
+            }
+            false => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert_eq!(escape("plain /a b\\c é"), "plain /a b\\c é");
+        assert_eq!(
+            escape("a\nb\r\tc\u{1b}[2Jd\u{7f}"),
+            "a\\nb\\r\\tc\\u{1b}[2Jd\\u{7f}"
+        );
     }
 }

@@ -7,6 +7,13 @@
 //! channel, the pid-file lock), which `HOST_INHERIT_*` variables name. The
 //! new host takes those variables out of its environment first thing, so no
 //! process it starts ever sees them.
+//!
+//! One of them, `HOST_INHERIT_INSTANCE`, names no descriptor: it is the id
+//! the anchor made at start ([`instance`]), passed to every generation. The
+//! status file records it, and `/proc/PID/environ` of a supervisor still
+//! shows it after it is taken out (that file is the environment the program
+//! was exec'd with), which is how `host stop` and the other control
+//! commands tell a supervisor of this host from any other process.
 
 use std::ffi::OsString;
 use std::io;
@@ -31,7 +38,9 @@ const BASE_NICE: &str = "HOST_INHERIT_BASE_NICE";
 const ANCHOR_FD: &str = "HOST_INHERIT_ANCHOR_FD";
 const ANCHOR_PID: &str = "HOST_INHERIT_ANCHOR_PID";
 const ANCHOR_SINCE: &str = "HOST_INHERIT_ANCHOR_SINCE";
-const ALL: [&str; 9] = [
+/// The variable that carries the instance id (see [`instance`]).
+pub const INSTANCE_VAR: &str = "HOST_INHERIT_INSTANCE";
+const ALL: [&str; 10] = [
     GENERATION,
     LISTEN_FDS,
     HANDOVER_FD,
@@ -41,7 +50,19 @@ const ALL: [&str; 9] = [
     ANCHOR_FD,
     ANCHOR_PID,
     ANCHOR_SINCE,
+    INSTANCE_VAR,
 ];
+
+/// This host's instance id: inherited from the generation or anchor that
+/// started this one, or made here (by the anchor, or by a generation whose
+/// predecessor predates instance ids).
+static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The host's instance id, the same in the anchor and every generation
+/// (see the module docs): 32 hex digits.
+pub fn instance() -> &'static str {
+    INSTANCE.get_or_init(crate::status::random_id)
+}
 
 /// The `HOST_INHERIT_*` variables as found at start, before validation.
 #[derive(Debug, Default)]
@@ -141,6 +162,11 @@ impl Inherited {
             text.parse()
                 .map_err(|_| Error::Inherit(format!("{name}={text} is not a number")))
         };
+        if let Ok(id) = get(INSTANCE_VAR) {
+            if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                let _ = INSTANCE.set(id);
+            }
+        }
         // The channels first: if anything below fails, the previous
         // generation (or the anchor) should hear why.
         let anchor = ToAnchorEnd::from_fd(adopt_fd(ANCHOR_FD, number(ANCHOR_FD)?)?);
@@ -296,6 +322,7 @@ fn exec(
         (ANCHOR_FD, handoff.anchor_fd.to_string()),
         (ANCHOR_PID, handoff.anchor_pid.to_string()),
         (ANCHOR_SINCE, handoff.anchor_since.to_string()),
+        (INSTANCE_VAR, instance().to_owned()),
     ];
     vars.extend(extra_vars.iter().map(|(k, v)| (*k, v.clone())));
     if let Some(nice) = handoff.base_nice {

@@ -7,17 +7,25 @@
 //! loads a file glibc has never seen in that process. The supervisor copies
 //! bytes; it never loads the plugin (abi_stable caches one root module per
 //! process and never unloads it).
+//!
+//! The plugin is code the host runs, so, as sshd's `StrictModes` does for
+//! its key files, the snapshot is taken only from a file nobody else can
+//! change: a regular file owned by the user the host runs as or by root,
+//! not writable by group or others, in a directory that is the same. Only
+//! the plugin's own directory is checked, not the ones above it.
+//! `--insecure-plugin-path` skips the check. It runs for the first start
+//! and for every reload, since each generation takes its own snapshot.
 
-use std::fs::File;
+use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 
-use crate::error::Error;
+use crate::error::{self, shown, Error};
 
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 const ELFCLASS64: u8 = 2;
@@ -32,8 +40,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Copies the plugin at `path`, after checking that it is a shared library.
-    pub fn take(path: &Path) -> Result<Snapshot, Error> {
+    /// Copies the plugin at `path`, after checking that nobody else can
+    /// change it (unless `insecure`, see the module docs) and that it is a
+    /// shared library.
+    pub fn take(path: &Path, insecure: bool) -> Result<Snapshot, Error> {
         let bad = |problem: String| Error::plugin(path, problem);
         let mut file = File::open(path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => {
@@ -48,6 +58,15 @@ impl Snapshot {
             return Err(bad(
                 "is a directory; pass the library file, e.g. target/release/libNAME.so".into(),
             ));
+        }
+        if !meta.is_file() {
+            return Err(bad(
+                "is not a regular file; pass the library file, e.g. target/release/libNAME.so"
+                    .into(),
+            ));
+        }
+        if !insecure {
+            check_trusted(path, &meta)?;
         }
         let memfd = memfd_create(
             c"host-plugin",
@@ -85,6 +104,88 @@ impl Snapshot {
     pub fn raw_fd(&self) -> RawFd {
         self.memfd.as_raw_fd()
     }
+}
+
+/// Checks that nobody but the user the host runs as, or root, can change
+/// the plugin at `path` (whose metadata is `file`) or replace it in its
+/// directory.
+fn check_trusted(path: &Path, file: &Metadata) -> Result<(), Error> {
+    const OVERRIDE: &str = "or pass --insecure-plugin-path to load it anyway";
+    let me = nix::unistd::geteuid().as_raw();
+    if let Err(problem) = private(file, me) {
+        let (who, fix) = match problem {
+            Problem::Owner(_) => ("its owner", "make it yours or root's (`chown`)".to_owned()),
+            Problem::Writable(_) => (
+                "whoever can write it",
+                format!("fix it with `chmod go-w {}`", shown(path)),
+            ),
+        };
+        return Err(Error::plugin(
+            path,
+            format!("{problem}: {who} can change the code the host runs; {fix}, {OVERRIDE}"),
+        ));
+    }
+    let resolved = fs::canonicalize(path)
+        .map_err(|e| Error::plugin(path, format!("cannot resolve its path: {e}")))?;
+    let Some(dir) = resolved.parent() else {
+        return Ok(());
+    };
+    let dir_meta = fs::metadata(dir)
+        .map_err(|e| Error::plugin(path, format!("cannot stat its directory: {e}")))?;
+    if let Err(problem) = private(&dir_meta, me) {
+        let (who, fix) = match problem {
+            Problem::Owner(_) => (
+                "its owner",
+                "make the directory yours or root's (`chown`)".to_owned(),
+            ),
+            Problem::Writable(_) => (
+                "whoever can write there",
+                format!("`chmod go-w {}`", shown(dir)),
+            ),
+        };
+        return Err(Error::plugin(
+            path,
+            format!(
+                "its directory {} {problem}: {who} can replace the plugin (only the plugin's own directory is checked, not those above it); move the plugin to a directory only you or root can write, or {fix}, {OVERRIDE}",
+                shown(dir)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Why a file or directory is not private to its owner.
+#[derive(Clone, Copy, Debug)]
+enum Problem {
+    /// Owned by this uid, neither the host's user nor root.
+    Owner(u32),
+    /// Writable by group or others: these are its mode bits.
+    Writable(u32),
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::Owner(uid) => {
+                write!(f, "is owned by {}, neither you nor root", error::user(*uid))
+            }
+            Problem::Writable(mode) => {
+                write!(f, "is writable by group or others (mode {mode:04o})")
+            }
+        }
+    }
+}
+
+/// Checks that `meta` is owned by `me` or root and not writable by group
+/// or others.
+fn private(meta: &Metadata, me: u32) -> Result<(), Problem> {
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(Problem::Owner(meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(Problem::Writable(meta.mode() & 0o7777));
+    }
+    Ok(())
 }
 
 /// Checks that `file` (of `len` bytes) is a whole 64-bit little-endian ELF

@@ -717,3 +717,36 @@ pub fn start_ticker_from(bin: &Path, dir: &Path, extra: &[&str]) -> (Host, PathB
 pub fn start_ticker(dir: &Path, extra: &[&str]) -> (Host, PathBuf) {
     start_ticker_from(&host_bin(), dir, extra)
 }
+
+/// Builds the binary of the workspace package `package` (a dev-only peer
+/// program such as `ecdysis-hello`) in the profile of these tests and
+/// returns its path. Serialised with [`build_plugin`] by the same file lock.
+pub fn build_binary(package: &str) -> PathBuf {
+    let lock_path = profile_dir().join("host-tests-build.lock");
+    let lock_file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    let mut lock = fd_lock::RwLock::new(lock_file);
+    let _guard = lock.write().expect("build lock");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .current_dir(workspace_root())
+        .args(["build", "--quiet", "--bins", "-p", package]);
+    if profile_dir().ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build");
+    assert!(status.success(), "cargo build -p {package} failed");
+    profile_dir().join(package)
+}
+
+/// The live processes (zombies excluded) whose environment holds
+/// `TAG_VAR=tag`: the processes of something a test started with that tag
+/// itself, without [`start_host`].
+pub fn tagged_pids(tag: &str) -> Vec<u32> {
+    tagged_processes(tag)
+}

@@ -171,16 +171,14 @@ impl Machine {
                 message: ToWorker::Go,
             });
         }
+        // The anchor hears before the predecessor may exit, so it never
+        // takes the predecessor's exit for a crash of the one in charge.
+        fx.push(Effect::Notify(Notice::Serving));
         if predecessor.is_some() {
             fx.push(Effect::ToPredecessor(NewToOld::TookOver));
         }
         self.life = Life::Serving { reload: None };
-        fx.extend([
-            Effect::Unboost,
-            Effect::Notify(Notice::Serving),
-            Effect::ClaimPidFile,
-            Effect::WriteStatus,
-        ]);
+        fx.extend([Effect::Unboost, Effect::ClaimPidFile, Effect::WriteStatus]);
         match predecessor {
             Some(pid) => tracing::info!("took over from pid {pid} in {:?}", now - self.started),
             None => tracing::info!("took over in {:?}", now - self.started),

@@ -411,7 +411,7 @@ fn transitions() {
             },
         ),
         (
-            "new generation: on Released, Go first, then confirm, tell the anchor, then the pid file and status",
+            "new generation: on Released, Go first, then tell the anchor, confirm, then the pid file and status",
             || taking_over(2),
             1,
             vec![Event::Released],
@@ -421,9 +421,9 @@ fn transitions() {
                     [
                         send(101, ToWorker::Go),
                         send(102, ToWorker::Go),
+                        Effect::Notify(Notice::Serving),
                         Effect::ToPredecessor(NewToOld::TookOver),
                         Effect::Unboost,
-                        Effect::Notify(Notice::Serving),
                         Effect::ClaimPidFile,
                         Effect::WriteStatus,
                     ]

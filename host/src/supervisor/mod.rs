@@ -33,6 +33,8 @@ use runtime::Runtime;
 /// How the supervisor was asked to run.
 pub struct Config {
     pub plugin: PathBuf,
+    /// Skip the checks that nobody else can change the plugin file.
+    pub insecure_plugin_path: bool,
     pub pid_file: Option<PathBuf>,
     pub listen: Vec<SocketAddr>,
     pub workers: usize,
@@ -71,6 +73,7 @@ impl Config {
             plugin: run
                 .plugin
                 .ok_or_else(|| Error::Control("--plugin PATH is required".into()))?,
+            insecure_plugin_path: run.insecure_plugin_path,
             pid_file: run.pid_file,
             listen: run.listen,
             workers: usize::from(run.workers),
@@ -107,7 +110,7 @@ pub fn run(config: Config, env: InheritedEnv) -> Result<(), Error> {
         predecessor,
     } = inherited;
     let setup = || {
-        let snapshot = Snapshot::take(&config.plugin)?;
+        let snapshot = Snapshot::take(&config.plugin, config.insecure_plugin_path)?;
         tracing::debug!("plugin snapshot taken at {:?}", started.elapsed());
         let listeners = Listeners::inherit(listeners)?;
         if listeners.len() != config.listen.len() {

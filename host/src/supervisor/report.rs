@@ -3,6 +3,7 @@
 use super::runtime::Runtime;
 use crate::channel::ToAnchor;
 use crate::lifecycle::{Life, Notice};
+use crate::reload;
 use crate::status::{self, State, Status};
 
 impl Runtime {
@@ -26,6 +27,12 @@ impl Runtime {
             crash_looping: self.machine.crash_looping(),
             anchor: self.anchor.pid,
             anchor_since: self.anchor.since,
+            // What proves to a control command that `pid` is this host's
+            // supervisor (see `control`); written as unknown if unreadable,
+            // and then the commands refuse rather than guess.
+            instance: reload::instance().to_owned(),
+            start_time: status::start_time("self").unwrap_or(0),
+            pid_ns: status::own_pid_namespace().unwrap_or_default(),
         };
         if let Err(e) = status::write(&status::path_for(pid_file.path()), &status) {
             tracing::warn!("cannot write the status file: {e}");

@@ -107,10 +107,11 @@ impl Faulty {
             .open(path)
         {
             let (mode, pid) = (&self.mode, std::process::id());
-            let _ = writeln!(
-                f,
-                "{what} mode={mode} pid={pid} gen={generation} leaked_vars={leaked}"
-            );
+            // One write per line: the workers of a host append at once, and
+            // `writeln!` on a `File` may write a line in pieces.
+            let line =
+                format!("{what} mode={mode} pid={pid} gen={generation} leaked_vars={leaked}\n");
+            let _ = f.write_all(line.as_bytes());
         }
     }
 }
