@@ -231,3 +231,20 @@ fn reload_command_timeout_over_a_day() {
 fn stop_command_timeout_over_a_day() {
     assert_command_timeout_over_a_day_is_refused("stop");
 }
+
+/// An invalid `HOST_LOG` is not silently ignored: a warning names it and an
+/// example, and the host logs at info.
+#[test]
+fn invalid_log_filter_is_warned_about() {
+    let (status, log) = run_host(
+        &["--plugin", "/nonexistent/libnothing.so"],
+        &[("HOST_LOG", "info,[[")],
+        Duration::from_secs(20),
+    );
+    assert!(!status.success());
+    assert!(
+        log.contains("HOST_LOG=\"info,[[\" is not a valid filter")
+            && log.contains("HOST_LOG=info,my_plugin=debug"),
+        "{log}"
+    );
+}

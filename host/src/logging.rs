@@ -45,12 +45,23 @@ pub fn set_identity(role: Role, generation: u64) {
 
 /// Installs the global subscriber, writing to stderr.
 pub fn init() {
-    let filter = EnvFilter::try_from_env(FILTER_VAR).unwrap_or_else(|_| EnvFilter::new("info"));
+    let asked = std::env::var(FILTER_VAR).ok();
+    let (filter, invalid) = match asked.as_deref().map(EnvFilter::try_new) {
+        None => (EnvFilter::new("info"), None),
+        Some(Ok(filter)) => (filter, None),
+        Some(Err(e)) => (EnvFilter::new("info"), Some(e)),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .event_format(Prefix)
         .init();
+    if let Some(e) = invalid {
+        tracing::warn!(
+            "{FILTER_VAR}={:?} is not a valid filter ({e}); logging at info. Use e.g. {FILTER_VAR}=info,my_plugin=debug",
+            asked.unwrap_or_default()
+        );
+    }
 }
 
 /// The most verbose level enabled, as plugin-api numbers it (0 off .. 5 trace).

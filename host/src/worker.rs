@@ -10,17 +10,21 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use abi_stable::library::{LibraryError, RootModule};
+use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr, RString, RVec};
+use abi_stable::std_types::{ROption, RResult, RStr, RString, RVec};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::{getppid, Pid};
-use plugin_api::ffi::{HostServices, HostServices_TO, PluginModuleRef, API_VERSION};
+use plugin_api::ffi::{
+    self as api, HostExtras, HostExtrasHeader, HostExtrasRef, HostServices, HostServices_TO,
+    PluginModuleRef, API_VERSION,
+};
 
 use crate::channel::{FromWorker, Received, StopReason, ToWorker, WorkerEnd};
 use crate::heartbeat::Heartbeat;
@@ -48,6 +52,11 @@ pub struct Spec<'a> {
     pub base_nice: Option<i32>,
     /// With `--watchdog`: the page `ping_supervisor` beats in.
     pub heartbeat: Option<&'static Heartbeat>,
+    /// The worker's slot (`Supervisor::worker_index`).
+    pub slot: usize,
+    /// `--shutdown-timeout`: a stopping worker is killed this long after
+    /// the stop (`Supervisor::shutdown_deadline`).
+    pub shutdown_timeout: Duration,
 }
 
 /// The worker's whole life, in the forked child. Never returns.
@@ -70,13 +79,15 @@ fn live(channel: WorkerEnd, spec: Spec<'_>) -> i32 {
     if let Some(nice) = spec.base_nice.filter(|_| spec.go) {
         let _ = priority::set(0, nice);
     }
-    let link = match Link::new(channel, spec.go, spec.base_nice) {
+    let link = match Link::new(channel, spec.go, spec.base_nice, spec.shutdown_timeout) {
         Ok(link) => Arc::new(link),
         Err((channel, e)) => {
             let _ = channel.send(&FromWorker::Failed(format!("worker setup failed: {e}")));
             return EXIT_SETUP_FAILED;
         }
     };
+    // Before the first thread: see `publish_extras`.
+    publish_extras(&link, &spec);
     if let Err(e) = link.watch(signal_fd) {
         return link.fail(EXIT_SETUP_FAILED, format!("worker setup failed: {e}"));
     }
@@ -122,9 +133,39 @@ fn live(channel: WorkerEnd, spec: Spec<'_>) -> i32 {
     if let RResult::RErr(e) = plugin.shutdown() {
         tracing::error!("{e}");
     }
+    if link.failed() {
+        // `StopToken::fail` told the supervisor why already: what the
+        // plugin returned after it is a consequence, not the reason.
+        if let Err(e) = outcome {
+            tracing::debug!("after failing: {e}");
+        }
+        return EXIT_PLUGIN_FAILED;
+    }
     match outcome {
         Ok(()) => EXIT_OK,
-        Err(e) => link.fail(EXIT_PLUGIN_FAILED, e.into()),
+        Err(e) => {
+            let e = String::from(e);
+            let hint = would_block_hint(&e, !spec.listener_fds.is_empty());
+            link.fail(EXIT_PLUGIN_FAILED, format!("{e}{hint}"))
+        }
+    }
+}
+
+/// A hint for a worker that ended with EAGAIN/EWOULDBLOCK while the host
+/// gave it listeners: most likely an accept on a shared, non-blocking
+/// socket that another worker emptied first.
+fn would_block_hint(reason: &str, has_listeners: bool) -> &'static str {
+    let would_block = [
+        "os error 11",
+        "WouldBlock",
+        "Resource temporarily unavailable",
+    ]
+    .iter()
+    .any(|needle| reason.contains(needle));
+    if has_listeners && would_block {
+        " (hint: the --listen sockets are non-blocking and shared by every worker, so an accept finds nothing (EAGAIN) when another worker took the connection first: accept with plugin_api::Supervisor::accept, or poll the listener and the stop (StopToken::as_fd) before accept and retry on WouldBlock; never make the listeners blocking)"
+    } else {
+        ""
     }
 }
 
@@ -148,6 +189,12 @@ fn prepare(channel: &WorkerEnd, spec: &Spec<'_>) -> std::io::Result<SignalFd> {
     let mut keep = vec![0, 1, 2, channel.as_raw_fd(), spec.snapshot.raw_fd()];
     keep.extend(&spec.listener_fds);
     close_all_but(&keep)?;
+    // The listeners are shared by every worker of every generation, and
+    // O_NONBLOCK belongs to the socket: a plugin that turned it off on its
+    // copy turned it off for all. Each worker starts by putting it back.
+    for &fd in &spec.listener_fds {
+        set_nonblocking(fd)?;
+    }
 
     // SIGTERM and SIGINT are read from a signalfd by the link thread, so they
     // stay blocked in every thread (threads inherit the mask); all others
@@ -157,6 +204,24 @@ fn prepare(channel: &WorkerEnd, spec: &Spec<'_>) -> std::io::Result<SignalFd> {
     stop_signals.add(Signal::SIGINT);
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&stop_signals), None)?;
     Ok(SignalFd::with_flags(&stop_signals, SfdFlags::SFD_CLOEXEC)?)
+}
+
+/// Sets O_NONBLOCK on `fd` (a listening socket this process holds).
+fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL take and return integers (no pointers), on a
+    // descriptor this process holds open.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if flags & libc::O_NONBLOCK == 0 {
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        tracing::debug!("listener fd {fd} was blocking: made non-blocking again");
+    }
+    Ok(())
 }
 
 /// Closes every descriptor of this process not listed in `keep`.
@@ -176,6 +241,7 @@ fn close_all_but(keep: &[RawFd]) -> std::io::Result<()> {
 
 /// One line for why the plugin could not be loaded.
 fn describe_load_error(err: &LibraryError, snapshot: &Snapshot) -> String {
+    tracing::debug!("abi_stable's error, in full: {err}");
     let source = snapshot.source().display();
     let rebuild = format!("rebuild it against plugin-api {API_VERSION}");
     match err {
@@ -187,16 +253,25 @@ fn describe_load_error(err: &LibraryError, snapshot: &Snapshot) -> String {
             format!("plugin {source}: has no plugin root module (does the crate call plugin_api::export_plugin!?)")
         }
         LibraryError::IncompatibleVersionNumber { actual_version, .. } => format!(
-            "plugin {source}: was built against plugin-api {actual_version}, incompatible with this host's {API_VERSION}; {rebuild}"
+            "plugin {source}: was built against plugin-api {actual_version}, incompatible with this host's {API_VERSION} (the versions differ; {accepts}); {rebuild}",
+            accepts = accepted_versions()
         ),
         LibraryError::AbiInstability(_) => {
             // abi_stable checks the layout before the version: ask the
             // library which version it was built with, to name it.
             match abi_stable::library::lib_header_from_path(&snapshot.load_path()) {
-                Ok(header) => format!(
-                    "plugin {source}: was built against plugin-api {}, incompatible with this host's {API_VERSION} (their types differ); {rebuild}",
-                    header.version_strings()
-                ),
+                Ok(header) => {
+                    let theirs = header.version_strings();
+                    let what = if same_series(&theirs.to_string()) {
+                        "a version this host accepts, but their types differ: a modified plugin-api?"
+                    } else {
+                        "both the versions and the types differ"
+                    };
+                    format!(
+                        "plugin {source}: was built against plugin-api {theirs}, incompatible with this host's {API_VERSION} ({what}; {accepts}); {rebuild}",
+                        accepts = accepted_versions()
+                    )
+                }
                 Err(_) => format!("plugin {source}: was built against an incompatible plugin-api (its types differ from this host's); {rebuild}"),
             }
         }
@@ -212,6 +287,36 @@ fn describe_load_error(err: &LibraryError, snapshot: &Snapshot) -> String {
     }
 }
 
+/// The plugin-api versions this host loads plugins of, in words: abi_stable
+/// takes 0.y.z as compatible with every 0.y.*, and x.y.z (x >= 1) with
+/// every x.*.
+fn accepted_versions() -> String {
+    let mut parts = API_VERSION.split('.');
+    let (major, minor) = (parts.next().unwrap_or("0"), parts.next().unwrap_or("0"));
+    if major == "0" {
+        format!("this host loads plugins built against plugin-api {major}.{minor}.0 or any later {major}.{minor}.x")
+    } else {
+        format!(
+            "this host loads plugins built against plugin-api {major}.0.0 or any later {major}.x"
+        )
+    }
+}
+
+/// Whether `version` is in the series this host accepts (see `accepted_versions`).
+fn same_series(version: &str) -> bool {
+    let series = |v: &str| {
+        let mut parts = v.split('.');
+        let major = parts.next().unwrap_or("").to_owned();
+        let minor = parts.next().unwrap_or("").to_owned();
+        if major == "0" {
+            (major, minor)
+        } else {
+            (major, String::new())
+        }
+    };
+    series(version) == series(API_VERSION)
+}
+
 /// The worker's side of the supervisor channel, shared by the plugin's
 /// thread and the link thread.
 struct Link {
@@ -223,6 +328,10 @@ struct Link {
     stop_write: OwnedFd,
     /// See `Spec::base_nice`.
     base_nice: Option<i32>,
+    /// See `Spec::shutdown_timeout`.
+    shutdown_timeout: Duration,
+    /// Set by `plugin_failed`, once: the worker ends with this reason.
+    failure: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -230,6 +339,10 @@ struct LinkState {
     go: bool,
     stop: bool,
     ready_sent: bool,
+    /// Why it stops (`plugin_api::ffi::STOP_*`), from the first stop.
+    reason: u8,
+    /// When it will be killed, if anyone will.
+    deadline: Option<Instant>,
 }
 
 impl Link {
@@ -237,6 +350,7 @@ impl Link {
         channel: WorkerEnd,
         go: bool,
         base_nice: Option<i32>,
+        shutdown_timeout: Duration,
     ) -> Result<Link, (WorkerEnd, nix::Error)> {
         let (stop_read, stop_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
             Ok(pipe) => pipe,
@@ -253,6 +367,8 @@ impl Link {
             stop_read,
             stop_write,
             base_nice,
+            shutdown_timeout,
+            failure: Mutex::new(None),
         })
     }
 
@@ -274,7 +390,10 @@ impl Link {
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
-                    return self.request_stop(&format!("cannot watch the supervisor channel: {e}"))
+                    return self.request_stop(
+                        &format!("cannot watch the supervisor channel: {e}"),
+                        api::STOP_SUPERVISOR_GONE,
+                    )
                 }
             }
             if fds[1].any().unwrap_or(false) {
@@ -283,7 +402,7 @@ impl Link {
                     _ => "a signal",
                 };
                 self.exit_if_never_served(name);
-                return self.request_stop(&format!("{name} received"));
+                return self.request_stop(&format!("{name} received"), api::STOP_SHUTDOWN);
             }
             if fds[0].any().unwrap_or(false) {
                 match self.channel.try_recv() {
@@ -296,18 +415,26 @@ impl Link {
                         self.update(|s| s.go = true);
                     }
                     Ok(Received::Message(ToWorker::Stop(reason))) => {
-                        return self.request_stop(match reason {
-                            StopReason::Reload => "a new generation took over",
-                            StopReason::Shutdown => "the host is stopping",
-                        })
+                        return match reason {
+                            StopReason::Reload => {
+                                self.request_stop("a new generation took over", api::STOP_RELOAD)
+                            }
+                            StopReason::Shutdown => {
+                                self.request_stop("the host is stopping", api::STOP_SHUTDOWN)
+                            }
+                        };
                     }
                     Ok(Received::Closed) => {
                         self.exit_if_never_served("the supervisor is gone");
-                        return self.request_stop("the supervisor is gone");
+                        return self
+                            .request_stop("the supervisor is gone", api::STOP_SUPERVISOR_GONE);
                     }
                     Ok(Received::Empty) => {}
                     Err(e) => {
-                        return self.request_stop(&format!("the supervisor channel failed: {e}"))
+                        return self.request_stop(
+                            &format!("the supervisor channel failed: {e}"),
+                            api::STOP_SUPERVISOR_GONE,
+                        )
                     }
                 }
             }
@@ -322,10 +449,7 @@ impl Link {
             return;
         }
         tracing::debug!("{why} before this worker could serve: exiting");
-        // SAFETY: _exit ends the process at once without running
-        // destructors or atexit handlers, which plugin threads may be using
-        // concurrently; nothing of this worker needs flushing.
-        unsafe { libc::_exit(EXIT_NOT_STARTED) }
+        exit_now(EXIT_NOT_STARTED)
     }
 
     fn update(&self, change: impl FnOnce(&mut LinkState)) {
@@ -333,10 +457,22 @@ impl Link {
         self.changed.notify_all();
     }
 
-    fn request_stop(&self, why: &str) {
+    /// Signals the stop, for `reason` (`plugin_api::ffi::STOP_*`); the
+    /// first stop's reason and deadline stay.
+    fn request_stop(&self, why: &str, reason: u8) {
         tracing::debug!("stopping: {why}");
+        let timeout = self.shutdown_timeout;
+        self.update(|s| {
+            if !s.stop {
+                s.stop = true;
+                s.reason = reason;
+                // Nobody kills the worker of a supervisor that is gone.
+                s.deadline = (reason != api::STOP_SUPERVISOR_GONE)
+                    .then(|| Instant::now().checked_add(timeout))
+                    .flatten();
+            }
+        });
         self.stop.store(true, Ordering::SeqCst);
-        self.update(|s| s.stop = true);
         // The pipe stays readable from now on: a plugin polling it wakes up.
         let _ = nix::unistd::write(&self.stop_write, b"s");
     }
@@ -360,6 +496,46 @@ impl Link {
         }
     }
 
+    /// The plugin ends the worker (`StopToken::fail`, or a panic on one of
+    /// its threads): the supervisor hears the reason at once, the plugin
+    /// gets the stop, and the worker exits when `supervised_process` and
+    /// `supervised_shutdown` have returned, or at `--shutdown-timeout`.
+    fn plugin_failed(&self, reason: String) {
+        {
+            let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+            if failure.is_some() {
+                return;
+            }
+            *failure = Some(reason.clone());
+        }
+        if self
+            .channel
+            .send(&FromWorker::Failed(reason.clone()))
+            .is_err()
+        {
+            tracing::error!("{reason}");
+        }
+        self.request_stop(&format!("the plugin failed: {reason}"), api::STOP_FAILED);
+        let timeout = self.shutdown_timeout;
+        let enforce = std::thread::Builder::new()
+            .name("host-fail".into())
+            .spawn(move || {
+                std::thread::sleep(timeout);
+                tracing::error!("the plugin did not return within --shutdown-timeout ({timeout:?}) after failing: exiting");
+                exit_now(EXIT_PLUGIN_FAILED)
+            });
+        if enforce.is_err() {
+            exit_now(EXIT_PLUGIN_FAILED);
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
     /// Reports a failure to the supervisor and returns the exit code.
     fn fail(&self, code: i32, reason: String) -> i32 {
         if self
@@ -371,6 +547,14 @@ impl Link {
         }
         code
     }
+}
+
+/// Ends the process at once, from any thread.
+fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit ends the process at once without running destructors or
+    // atexit handlers, which plugin threads may be using concurrently;
+    // nothing of this worker needs flushing (the log writes unbuffered).
+    unsafe { libc::_exit(code) }
 }
 
 /// The host services handed to the plugin.
@@ -413,12 +597,183 @@ impl HostServices for WorkerServices {
     }
 
     fn log(&self, level: u8, target: RStr<'_>, message: RStr<'_>) {
-        match level {
-            1 => tracing::error!(target: "plugin", "{target}: {message}"),
-            2 => tracing::warn!(target: "plugin", "{target}: {message}"),
-            3 => tracing::info!(target: "plugin", "{target}: {message}"),
-            4 => tracing::debug!(target: "plugin", "{target}: {message}"),
-            _ => tracing::trace!(target: "plugin", "{target}: {message}"),
+        plugin_log::log(level, target.as_str(), message.as_str());
+    }
+}
+
+/// What the `HostExtras` functions (plain functions: the table is static)
+/// act on: this process's one worker.
+struct ExtrasState {
+    link: Arc<Link>,
+    slot: usize,
+    max_log_level: u8,
+}
+
+static EXTRAS: OnceLock<ExtrasState> = OnceLock::new();
+
+/// Publishes the `HostExtras` table for the plugin (see
+/// `plugin_api::ffi::HostExtras`): in `HOST_PLUGIN_EXTRAS`, which must be
+/// set while this process has one thread (setenv races with getenv).
+fn publish_extras(link: &Arc<Link>, spec: &Spec<'_>) {
+    let state = ExtrasState {
+        link: Arc::clone(link),
+        slot: spec.slot,
+        max_log_level: logging::max_level(),
+    };
+    if EXTRAS.set(state).is_err() {
+        return;
+    }
+    let extras = HostExtras {
+        stop_reason: extras_stop_reason,
+        shutdown_time_left_ns: extras_shutdown_time_left_ns,
+        worker_index: extras_worker_index,
+        fail: extras_fail,
+        log_enabled: extras_log_enabled,
+    }
+    .leak_into_prefix();
+    let header: &'static HostExtrasHeader = Box::leak(Box::new(HostExtrasHeader {
+        magic: api::HOST_EXTRAS_MAGIC,
+        layout: <HostExtrasRef as abi_stable::StableAbi>::LAYOUT,
+        extras,
+    }));
+    let value = format!(
+        "{}:{:#x}",
+        std::process::id(),
+        header as *const HostExtrasHeader as usize
+    );
+    std::env::set_var(api::HOST_EXTRAS_VAR, value);
+}
+
+extern "C" fn extras_stop_reason() -> u8 {
+    let Some(x) = EXTRAS.get() else {
+        return api::STOP_NONE;
+    };
+    let state = x.link.state.lock().unwrap_or_else(PoisonError::into_inner);
+    if state.stop {
+        state.reason
+    } else {
+        api::STOP_NONE
+    }
+}
+
+extern "C" fn extras_shutdown_time_left_ns() -> ROption<u64> {
+    let Some(x) = EXTRAS.get() else {
+        return ROption::RNone;
+    };
+    let state = x.link.state.lock().unwrap_or_else(PoisonError::into_inner);
+    match state.deadline {
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            ROption::RSome(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX))
         }
+        None => ROption::RNone,
+    }
+}
+
+extern "C" fn extras_worker_index() -> u64 {
+    EXTRAS.get().map_or(0, |x| x.slot as u64)
+}
+
+extern "C" fn extras_fail(reason: RStr<'_>) {
+    let reason = reason.as_str().to_owned();
+    // Nothing may unwind into the plugin's frames.
+    let failed = std::panic::catch_unwind(|| {
+        if let Some(x) = EXTRAS.get() {
+            x.link.plugin_failed(reason);
+        }
+    });
+    if failed.is_err() {
+        exit_now(EXIT_PLUGIN_FAILED);
+    }
+}
+
+extern "C" fn extras_log_enabled(level: u8, target: RStr<'_>) -> bool {
+    let Some(x) = EXTRAS.get() else {
+        return false;
+    };
+    level <= x.max_log_level
+        && std::panic::catch_unwind(|| plugin_log::enabled(level, target.as_str())).unwrap_or(false)
+}
+
+/// The plugin's events in the host's log, under the plugin's own target, so
+/// that `HOST_LOG=warn,my_plugin=debug` filters them. `tracing`'s macros
+/// need a target known at compile time: as `tracing-log` does for `log`
+/// records, the filter is asked with metadata naming the plugin's target,
+/// and the event is then dispatched through one fixed callsite per level
+/// (whose target, `plugin`, no one filters on: the line names the real one).
+mod plugin_log {
+    use tracing::callsite::{Callsite, Identifier};
+    use tracing::field::{FieldSet, Value};
+    use tracing::metadata::Kind;
+    use tracing::subscriber::Interest;
+    use tracing::{Event, Level, Metadata};
+
+    struct PluginCallsite(fn() -> &'static Metadata<'static>);
+
+    impl Callsite for PluginCallsite {
+        fn set_interest(&self, _: Interest) {}
+        fn metadata(&self) -> &Metadata<'_> {
+            (self.0)()
+        }
+    }
+
+    macro_rules! callsite {
+        ($cs:ident, $meta:ident, $level:expr) => {
+            static $cs: PluginCallsite = PluginCallsite(|| &$meta);
+            static $meta: Metadata<'static> = Metadata::new(
+                "plugin event",
+                "plugin",
+                $level,
+                None,
+                None,
+                None,
+                FieldSet::new(&["message"], Identifier(&$cs)),
+                Kind::EVENT,
+            );
+        };
+    }
+    callsite!(ERROR_CS, ERROR_META, Level::ERROR);
+    callsite!(WARN_CS, WARN_META, Level::WARN);
+    callsite!(INFO_CS, INFO_META, Level::INFO);
+    callsite!(DEBUG_CS, DEBUG_META, Level::DEBUG);
+    callsite!(TRACE_CS, TRACE_META, Level::TRACE);
+
+    fn fixed(level: u8) -> &'static Metadata<'static> {
+        match level {
+            0 | 1 => &ERROR_META,
+            2 => &WARN_META,
+            3 => &INFO_META,
+            4 => &DEBUG_META,
+            _ => &TRACE_META,
+        }
+    }
+
+    /// Whether the host's filter lets an event at `level` for `target` through.
+    pub fn enabled(level: u8, target: &str) -> bool {
+        let fixed = fixed(level);
+        let asked = Metadata::new(
+            "plugin event",
+            target,
+            *fixed.level(),
+            None,
+            None,
+            None,
+            FieldSet::new(&["message"], fixed.callsite()),
+            Kind::EVENT,
+        );
+        tracing::dispatcher::get_default(|d| d.enabled(&asked))
+    }
+
+    pub fn log(level: u8, target: &str, message: &str) {
+        if !enabled(level, target) {
+            return;
+        }
+        let meta = fixed(level);
+        let Some(field) = meta.fields().field("message") else {
+            return;
+        };
+        let text = format!("{target}: {message}");
+        let values = [(&field, Some(&format_args!("{text}") as &dyn Value))];
+        Event::dispatch(meta, &meta.fields().value_set(&values));
     }
 }

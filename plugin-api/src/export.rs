@@ -7,6 +7,7 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::fmt::Display;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 
 use abi_stable::prefix_type::PrefixTypeTrait;
@@ -19,10 +20,38 @@ use crate::ffi::{
 use crate::{forward_log, SupervisedProcess, Supervisor};
 
 thread_local! {
-    /// Set while this thread runs plugin code on behalf of the host.
-    static GUARDED: Cell<bool> = const { Cell::new(false) };
+    /// While this thread runs plugin code on behalf of the host: what it runs.
+    static GUARDED: Cell<Option<&'static str>> = const { Cell::new(None) };
     /// The last panic seen on this thread while guarded.
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Whether a panic on a thread of the plugin's own ends the worker.
+static THREAD_PANIC_ENDS_WORKER: AtomicBool = AtomicBool::new(true);
+
+/// What a panic on a thread the plugin started (or a pool, a runtime it
+/// uses started) does: see [`on_thread_panic`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ThreadPanic {
+    /// The default: the panic is logged, and the worker ends with it as the
+    /// reason ([`StopToken::fail`](crate::StopToken::fail)): the supervisor
+    /// respawns it. A panic leaves shared state unknown, and a pool that
+    /// lost a thread would otherwise look healthy.
+    EndWorker,
+    /// The panic is logged, nothing more: for code that recovers from
+    /// panics on its threads itself (a tokio runtime catches a task's
+    /// panic and hands it to whoever awaits the task's `JoinHandle`).
+    LogOnly,
+}
+
+/// Sets what a panic on any thread other than the one running
+/// `supervised_process` does ([`ThreadPanic::EndWorker`] by default). A
+/// panic on the thread that runs the plugin's hooks always ends the worker
+/// with the panic message as the reason, and so does any panic in a plugin
+/// built with `panic = "abort"` (which logs it through the host first).
+pub fn on_thread_panic(policy: ThreadPanic) {
+    THREAD_PANIC_ENDS_WORKER.store(policy == ThreadPanic::EndWorker, Ordering::Relaxed);
 }
 
 /// Builds the root module around the plugin's `new_plugin` function.
@@ -45,6 +74,7 @@ where
     F: FnOnce(Vec<String>) -> Result<P, E>,
 {
     let host = Arc::new(host);
+    crate::supervisor::init_extras();
     install_panic_hook(&host);
     forward_log::install(Arc::clone(&host));
     let args = args.into_iter().map(String::from).collect();
@@ -100,10 +130,11 @@ impl<P: SupervisedProcess> PluginObject for Adapter<P> {
 }
 
 /// Runs `f`, turning a panic into `Err("<what> panicked at <where>: <message>")`.
-fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
-    GUARDED.with(|g| g.set(true));
+fn guarded<T>(what: &'static str, f: impl FnOnce() -> T) -> Result<T, String> {
+    LAST_PANIC.with(|p| p.borrow_mut().take());
+    let outer = GUARDED.with(|g| g.replace(Some(what)));
     let result = panic::catch_unwind(AssertUnwindSafe(f));
-    GUARDED.with(|g| g.set(false));
+    GUARDED.with(|g| g.set(outer));
     result.map_err(|payload| {
         let detail = LAST_PANIC
             .with(|p| p.borrow_mut().take())
@@ -123,7 +154,11 @@ fn payload_message(payload: &(dyn Any + Send)) -> String {
 }
 
 /// A panic on a guarded thread is kept for `guarded` to report; one on any
-/// other plugin thread is logged through the host, since nothing else will.
+/// other plugin thread is logged through the host, since nothing else will,
+/// and ends the worker unless the plugin said otherwise
+/// ([`on_thread_panic`]). In a plugin built with `panic = "abort"`, nothing
+/// unwinds to `guarded`: the hook logs and reports every panic, before the
+/// abort.
 fn install_panic_hook(host: &Arc<HostBox>) {
     static ONCE: Once = Once::new();
     let sup = Supervisor::new(Arc::clone(host));
@@ -134,16 +169,23 @@ fn install_panic_hook(host: &Arc<HostBox>) {
                 .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
                 .unwrap_or_else(|| "an unknown place".to_owned());
             let detail = format!("{location}: {}", payload_message(info.payload()));
-            if GUARDED.with(|g| g.get()) {
-                LAST_PANIC.with(|p| *p.borrow_mut() = Some(detail));
-            } else {
-                let thread = std::thread::current();
-                let name = thread.name().unwrap_or("unnamed");
-                sup.log(
-                    1,
-                    "plugin",
-                    &format!("plugin thread '{name}' panicked at {detail}"),
-                );
+            let aborts = cfg!(panic = "abort");
+            match GUARDED.with(|g| g.get()) {
+                Some(_) if !aborts => LAST_PANIC.with(|p| *p.borrow_mut() = Some(detail)),
+                Some(what) => {
+                    let reason = format!("{what} panicked at {detail} (the plugin is built with panic = \"abort\": the worker aborts)");
+                    sup.log(1, "plugin", &reason);
+                    sup.fail(reason);
+                }
+                None => {
+                    let thread = std::thread::current();
+                    let name = thread.name().unwrap_or("unnamed");
+                    let reason = format!("plugin thread '{name}' panicked at {detail}");
+                    sup.log(1, "plugin", &reason);
+                    if aborts || THREAD_PANIC_ENDS_WORKER.load(Ordering::Relaxed) {
+                        sup.fail(reason);
+                    }
+                }
             }
         }));
     });

@@ -55,20 +55,64 @@
 //! # fn main() { let _ = Duration::ZERO; }
 //! ```
 //!
-//! Logging: `tracing` events from the plugin (use the re-exported
-//! [`tracing`]) come out of the host's logger, tagged with the worker's pid
-//! and generation.
+//! # The stop
+//!
+//! [`Supervisor::stop_token`] gives the stop as a value, a [`StopToken`]:
+//! cloneable and `'static`, for the plugin's threads and tasks. It says
+//! whether the worker should stop ([`StopToken::is_stopped`]), waits for it
+//! ([`StopToken::wait`], [`StopToken::as_fd`] for a `poll` set, or
+//! `stopped().await` with the `tokio` feature), says why
+//! ([`StopReason`]: a hot reload, a shutdown, the supervisor gone, a
+//! failure) and until when the worker may drain ([`StopToken::deadline`]:
+//! the stop's arrival plus `--shutdown-timeout`). [`StopToken::fail`] ends
+//! the worker, from any thread, with a reason the host logs.
+//!
+//! Draining: at the stop, stop accepting (what waits in the shared
+//! listeners goes to the next generation), and finish what you hold.
+//! **Never close an accepted connection before answering it.** For async
+//! servers (axum, hyper) see the `tokio` module (feature `tokio`).
+//!
+//! # Logging
+//!
+//! `tracing` events from the plugin (use the re-exported [`tracing`]) and
+//! `log` records (the re-exported [`log`]) come out of the host's logger
+//! with their target, fields and span fields, tagged with the worker's pid
+//! and generation: `HOST_LOG=info,my_plugin=debug` filters them by target.
+//!
+//! # Panics
 //!
 //! Panics in plugin code are caught before they cross the library boundary;
-//! the worker ends, the host logs the panic message, and respawns it.
+//! the worker ends, the host logs the panic message, and respawns it. A
+//! panic on another thread of the plugin ends the worker too, unless the
+//! plugin chose otherwise with [`on_thread_panic`]. In a plugin built with
+//! `panic = "abort"` the panic message is logged through the host before
+//! the abort.
+//!
+//! # ABI versions
+//!
+//! The host and a plugin must be built against compatible versions of this
+//! crate (its own version, not the workspace's): every `0.1.z` plugin loads
+//! in every `0.1.*` host. The types shared through the root module are
+//! frozen; services added since 0.1.0 travel in [`ffi::HostExtras`], which a
+//! plugin finds and checks at run time (and does without in an older host).
 #![deny(missing_docs)]
 
 mod export;
 pub mod ffi;
 mod forward_log;
 mod supervisor;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 
-pub use supervisor::Supervisor;
+pub use export::{on_thread_panic, ThreadPanic};
+/// The `log` crate: its records reach the host's log too, with their target.
+pub use log;
+pub use supervisor::{StopReason, StopToken, Supervisor};
+/// The `tracing` crate, whose events (and span fields) reach the host's log.
+/// Its macros (`tracing::info!`, `span!`) work through this re-export; the
+/// `#[tracing::instrument]` attribute expands to `::tracing` paths, so a
+/// plugin that uses it adds `tracing = "0.1"` to its own dependencies (the
+/// same crate: cargo unifies it with this one).
 pub use tracing;
 
 /// The code a worker runs. Implement it for your plugin type and export the

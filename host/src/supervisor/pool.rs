@@ -38,6 +38,8 @@ impl Runtime {
             go,
             base_nice: self.base_nice,
             heartbeat: None,
+            slot,
+            shutdown_timeout: self.config.shutdown_timeout,
         };
         if let Err(e) = single_threaded() {
             return Ok(Err(e));

@@ -1,0 +1,353 @@
+//! The plugin API as plugin authors use it (issue 9): the stop as a value
+//! (reason, deadline, worker index), failing from any thread, panics on
+//! plugin threads, listeners that stay non-blocking, logs that keep their
+//! target, fields and spans, a plugin built against the frozen plugin-api
+//! 0.1.0, and an axum plugin that loses no request across hot reloads.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use support::*;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// A host running the `api-probe` test plugin in `mode`.
+struct Probe {
+    host: Host,
+    events: PathBuf,
+    pid_file: PathBuf,
+}
+
+fn start_probe(dir: &Path, mode: &str, extra: &[&str], env: &[(&str, &str)]) -> Probe {
+    let plugin = build_plugin("api-probe", None, &dir.join("libprobe.so"));
+    let mode_file = dir.join("mode");
+    std::fs::write(&mode_file, mode).unwrap();
+    let pid_file = dir.join("probe.pid");
+    let mut args = vec![
+        "--plugin",
+        plugin.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let mut env = env.to_vec();
+    env.push(("API_PROBE_MODE_FILE", mode_file.to_str().unwrap()));
+    let host = start_host(dir, &args, &env);
+    host.wait_serving();
+    Probe {
+        host,
+        events: dir.join("mode.events"),
+        pid_file,
+    }
+}
+
+/// The value of `key=` in an event line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split(' ')
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn events_of(events: &Path, what: &str) -> Vec<String> {
+    lines(events)
+        .into_iter()
+        .filter(|l| l.starts_with(&format!("{what} ")))
+        .collect()
+}
+
+fn reload(pid_file: &Path) {
+    let (status, out, err) =
+        host_command(&["reload", "--pid-file", pid_file.to_str().unwrap()], LONG);
+    assert!(status.success(), "reload failed: {out} {err}");
+}
+
+#[test]
+fn stop_token_says_why_and_when_and_workers_know_their_slot() {
+    let dir = temp_dir();
+    let mut probe = start_probe(
+        dir.path(),
+        "serve",
+        &["--workers", "2", "--shutdown-timeout", "7"],
+        &[],
+    );
+    let starts = eventually("two starts", LONG, || {
+        let s = events_of(&probe.events, "start");
+        (s.len() == 2).then_some(s)
+    });
+    let mut slots: Vec<&str> = starts.iter().filter_map(|l| field(l, "index")).collect();
+    slots.sort_unstable();
+    assert_eq!(slots, ["0", "1"], "{starts:?}");
+
+    // A hot reload: the old workers stop for Reload, with the deadline.
+    reload(&probe.pid_file);
+    let stops = eventually("two stops", LONG, || {
+        let s = events_of(&probe.events, "stopped");
+        (s.len() == 2).then_some(s)
+    });
+    for stop in &stops {
+        assert_eq!(field(stop, "reason"), Some("Reload"), "{stop}");
+        let ms: u64 = field(stop, "deadline_ms").unwrap().parse().unwrap();
+        assert!((5_000..=7_000).contains(&ms), "deadline {ms} ms: {stop}");
+    }
+
+    // An operator's stop: Shutdown.
+    signal(probe.host.pid(), Signal::SIGTERM);
+    probe.host.wait_exit(LONG);
+    let stops = events_of(&probe.events, "stopped");
+    assert_eq!(stops.len(), 4, "{stops:?}");
+    for stop in &stops[2..] {
+        assert_eq!(field(stop, "reason"), Some("Shutdown"), "{stop}");
+    }
+}
+
+#[test]
+fn fail_from_another_thread_ends_the_worker_with_its_reason() {
+    let dir = temp_dir();
+    let probe = start_probe(dir.path(), "fail", &["--respawn-delay", "0.2"], &[]);
+    let line = probe
+        .host
+        .wait_for_log("exited with status 1: told to fail", LONG);
+    assert!(line.contains("respawning"), "{line}");
+    eventually("a respawned worker", LONG, || {
+        (events_of(&probe.events, "start").len() >= 2).then_some(())
+    });
+    let stop = &events_of(&probe.events, "stopped")[0];
+    assert_eq!(field(stop, "reason"), Some("Failed"), "{stop}");
+}
+
+#[test]
+fn a_panic_on_a_plugin_thread_ends_the_worker() {
+    let dir = temp_dir();
+    let probe = start_probe(dir.path(), "thread-panic", &["--respawn-delay", "0.2"], &[]);
+    let line = probe.host.wait_for_log("exited with status 1", LONG);
+    assert!(
+        line.contains("plugin thread 'pool-1' panicked at")
+            && line.contains("pool thread told to panic"),
+        "{line}"
+    );
+    eventually("a respawned worker", LONG, || {
+        (events_of(&probe.events, "start").len() >= 2).then_some(())
+    });
+}
+
+#[test]
+fn logs_keep_their_target_fields_spans_and_log_records() {
+    let dir = temp_dir();
+    let probe = start_probe(
+        dir.path(),
+        "logs",
+        &[],
+        &[("HOST_LOG", "info,probe_target=debug,probe_log=info")],
+    );
+    let host = &probe.host;
+    host.wait_for_log("probe_target: a debug event for the probe target", LONG);
+    let span = host.wait_for_log("inside the span", LONG);
+    assert!(
+        span.contains("probe_target: in_a_span{request=7 answer=42}: inside the span user=\"ann\""),
+        "{span}"
+    );
+    let record = host.wait_for_log("a log record", LONG);
+    assert!(record.contains("probe_log: a log record n=5"), "{record}");
+    let two = host.wait_for_log("probe_target: two", LONG);
+    assert!(two.contains("two\\nlines"), "{two}");
+    assert!(
+        !host.log_text().contains("another target"),
+        "other_target is at info: {}",
+        host.log_text()
+    );
+}
+
+#[test]
+fn listeners_are_non_blocking_again_for_each_new_worker() {
+    let dir = temp_dir();
+    let probe = start_probe(
+        dir.path(),
+        "make-blocking",
+        &["--respawn-delay", "0.1"],
+        &[],
+    );
+    let starts = eventually("three starts", LONG, || {
+        let s = events_of(&probe.events, "start");
+        (s.len() >= 3).then_some(s)
+    });
+    for start in &starts {
+        assert_eq!(field(start, "nonblocking"), Some("true"), "{starts:?}");
+    }
+}
+
+#[test]
+fn a_textbook_accept_that_would_block_gets_a_hint() {
+    let dir = temp_dir();
+    let probe = start_probe(dir.path(), "raw-accept", &["--respawn-delay", "5"], &[]);
+    let line = probe.host.wait_for_log("accept failed", LONG);
+    assert!(
+        line.contains("Supervisor::accept") && line.contains("non-blocking"),
+        "{line}"
+    );
+}
+
+/// Builds the plugin of the frozen plugin-api 0.1.0 workspace (a workspace
+/// of its own), in the tests' target directory, and copies it to `dest`.
+fn build_old_api_plugin(dest: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let profile = host_bin().parent().unwrap().to_owned();
+    let target_dir = profile.parent().unwrap().join("plugin-api-0.1");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .current_dir(root.join("tests/plugins/plugin-api-0.1"))
+        .args(["build", "--quiet", "--lib", "--target-dir"])
+        .arg(&target_dir);
+    if profile.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build");
+    assert!(status.success(), "cargo build of the 0.1.0 plugin failed");
+    let built = target_dir
+        .join(profile.file_name().unwrap())
+        .join("libold_api_plugin.so");
+    copy_atomically(&built, dest);
+    dest.to_owned()
+}
+
+#[test]
+fn a_plugin_built_against_plugin_api_0_1_0_loads_serves_and_reloads() {
+    let dir = temp_dir();
+    let plugin = build_old_api_plugin(&dir.path().join("libold.so"));
+    let pid_file = dir.path().join("old.pid");
+    let host = start_host(
+        dir.path(),
+        &[
+            "--plugin",
+            plugin.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    host.wait_serving();
+    let addr = host.listen_addr();
+    let body = http_get(addr).unwrap();
+    assert!(body.contains("old-api-plugin 0.1.0 gen=1"), "{body}");
+    reload(&pid_file);
+    let body = http_get(addr).unwrap();
+    assert_eq!(identity(&body).0, 2, "{body}");
+}
+
+/// `GET /` over a new connection, for any HTTP/1.1 server (header names in
+/// any case); the body of a `200 OK` reply.
+fn get(addr: SocketAddr) -> std::io::Result<String> {
+    let timeout = Duration::from_secs(10);
+    let mut conn = TcpStream::connect_timeout(&addr, timeout)?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply)?;
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let (head, body) = reply
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad(format!("short reply: {reply:?}")))?;
+    if !head.starts_with("HTTP/1.1 200 OK") {
+        return Err(bad(format!("not 200: {head:?}")));
+    }
+    let length: Option<usize> = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())?
+    });
+    if length != Some(body.len()) {
+        return Err(bad(format!("short body: {body:?} for {head:?}")));
+    }
+    Ok(body.to_owned())
+}
+
+#[test]
+fn hello_axum_loses_no_request_across_twenty_reloads_under_load() {
+    let dir = temp_dir();
+    let plugin = build_plugin("hello-axum", None, &dir.path().join("libhello_axum.so"));
+    let pid_file = dir.path().join("axum.pid");
+    let host = start_host(
+        dir.path(),
+        &[
+            "--plugin",
+            plugin.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    host.wait_serving();
+    let addr = host.listen_addr();
+    let body = get(addr).unwrap();
+    assert!(
+        body.lines().last().unwrap().starts_with(&format!(
+            "hello-axum {} gen=1 pid=",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{body}"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let results = Arc::new(Mutex::new((0u64, Vec::<u64>::new(), Vec::<String>::new())));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, results) = (Arc::clone(&stop), Arc::clone(&results));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let outcome = get(addr);
+                    let mut r = results.lock().unwrap();
+                    r.0 += 1;
+                    match outcome {
+                        Ok(body) => r.1.push(identity(&body).0),
+                        Err(e) => r.2.push(e.to_string()),
+                    }
+                }
+            })
+        })
+        .collect();
+    for i in 0..20u64 {
+        reload(&pid_file);
+        let generation = i + 2;
+        eventually(
+            &format!("a reply from generation {generation}"),
+            LONG,
+            || {
+                let body = get(addr).ok()?;
+                (identity(&body).0 == generation).then_some(())
+            },
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let (total, generations, failures) = &*results.lock().unwrap();
+    eprintln!(
+        "hello-axum under load: {total} requests across 20 reloads, {} failed",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(*total >= 200, "only {total} requests made");
+    assert!(generations.contains(&21), "generation 21 never answered");
+}

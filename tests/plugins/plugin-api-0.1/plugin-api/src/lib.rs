@@ -1,0 +1,145 @@
+//! The only crate a `host` plugin depends on.
+//!
+//! A plugin is a `cdylib` that implements [`SupervisedProcess`] and exports
+//! its constructor with [`export_plugin!`]. The `host` supervisor forks
+//! workers; each worker loads a private snapshot of the plugin library,
+//! builds the plugin object from the arguments after `--` on the host's
+//! command line, and calls [`SupervisedProcess::supervised_process`] with a
+//! [`Supervisor`] handle. When the loop returns, the worker calls
+//! [`SupervisedProcess::supervised_shutdown`] once and exits.
+//!
+//! A complete plugin (`Cargo.toml` needs `crate-type = ["cdylib"]` and a
+//! dependency on `plugin-api`):
+//!
+//! ```no_run
+//! use std::io::Write;
+//! use std::time::Duration;
+//!
+//! use plugin_api::{export_plugin, tracing, SupervisedProcess, Supervisor};
+//!
+//! struct Hello {
+//!     greeting: String,
+//! }
+//!
+//! impl Hello {
+//!     fn new(args: Vec<String>) -> Result<Self, String> {
+//!         let greeting = args.first().cloned().unwrap_or_else(|| "hello".to_owned());
+//!         Ok(Hello { greeting })
+//!     }
+//! }
+//!
+//! impl SupervisedProcess for Hello {
+//!     fn supervised_process(&mut self, sup: &Supervisor) -> Result<(), String> {
+//!         // Initialise first, then wait for the go-ahead (at once unless
+//!         // this worker belongs to a hot-reloaded generation).
+//!         sup.ready_to_take_over()?;
+//!         let listeners = sup.listeners().map_err(|e| e.to_string())?;
+//!         while sup.ping_supervisor() {
+//!             if let Some((mut conn, _peer)) = sup.accept(&listeners).map_err(|e| e.to_string())? {
+//!                 let _ = write!(conn, "{} from generation {}\n", self.greeting, sup.generation());
+//!             }
+//!         }
+//!         Ok(())
+//!     }
+//!
+//!     fn supervised_shutdown(&mut self) {
+//!         tracing::info!("bye");
+//!     }
+//!
+//!     fn can_do_hot_reload(&self) -> bool {
+//!         true
+//!     }
+//! }
+//!
+//! export_plugin!(Hello::new);
+//! # fn main() { let _ = Duration::ZERO; }
+//! ```
+//!
+//! Logging: `tracing` events from the plugin (use the re-exported
+//! [`tracing`]) come out of the host's logger, tagged with the worker's pid
+//! and generation.
+//!
+//! Panics in plugin code are caught before they cross the library boundary;
+//! the worker ends, the host logs the panic message, and respawns it.
+#![deny(missing_docs)]
+
+mod export;
+pub mod ffi;
+mod forward_log;
+mod supervisor;
+
+pub use supervisor::Supervisor;
+pub use tracing;
+
+/// The code a worker runs. Implement it for your plugin type and export the
+/// type's constructor with [`export_plugin!`].
+pub trait SupervisedProcess: Send + 'static {
+    /// The worker's main loop. Call [`Supervisor::ping_supervisor`] often
+    /// (between jobs, between accepts) and return once it says false.
+    /// Returning `Err` ends the worker with that reason logged; the
+    /// supervisor respawns it after its respawn delay.
+    fn supervised_process(&mut self, sup: &Supervisor) -> Result<(), String>;
+
+    /// Called exactly once after `supervised_process` returns, on the same
+    /// thread: flush, close, say goodbye. Not called after a panic.
+    fn supervised_shutdown(&mut self) {}
+
+    /// Whether a new generation of this plugin may take over from a running
+    /// one (hot reload on SIGUSR2). Say yes only if two generations can
+    /// overlap for a moment, and if `supervised_process` calls
+    /// [`Supervisor::ready_to_take_over`].
+    fn can_do_hot_reload(&self) -> bool {
+        false
+    }
+}
+
+/// Exports a plugin: pass the constructor of your [`SupervisedProcess`]
+/// type, a function or closure taking the plugin's arguments
+/// (`Vec<String>`, everything after `--` on the host's command line) and
+/// returning `Result<YourType, E>` with `E: Display`.
+#[macro_export]
+macro_rules! export_plugin {
+    ($constructor:expr) => {
+        const _: () = {
+            use $crate::__private as p;
+
+            extern "C" fn new_plugin(
+                args: p::RVec<p::RString>,
+                host: p::HostBox,
+            ) -> p::RResult<p::PluginBox, p::RString> {
+                p::new_plugin(args, host, $constructor)
+            }
+
+            fn root_module() -> p::PluginModuleRef {
+                p::root_module(new_plugin)
+            }
+
+            extern "C" fn erased_root_module() -> p::RootModuleResult {
+                p::__call_root_module_loader(root_module)
+            }
+
+            // The name is abi_stable's root-module symbol
+            // (`plugin_api::ffi::ROOT_MODULE_SYMBOL`, checked by a test).
+            #[export_name = "_1as_0lib_1header_0root_bmodule_bloader"]
+            pub static ROOT_MODULE_LOADER: p::LibHeader =
+                // SAFETY: `erased_root_module` returns the module built by
+                // `root_module`, a `PluginModuleRef`, which is the type named here.
+                unsafe {
+                    p::LibHeader::from_constructor::<p::PluginModuleRef>(
+                        erased_root_module,
+                        p::CheckTypeLayout::Yes,
+                    )
+                };
+        };
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::export::{new_plugin, root_module};
+    pub use crate::ffi::{HostBox, PluginBox, PluginModuleRef};
+    pub use abi_stable::library::{
+        __call_root_module_loader, CheckTypeLayout, LibHeader, RootModuleResult,
+    };
+    pub use abi_stable::std_types::{RResult, RString, RVec};
+}
