@@ -17,7 +17,7 @@
 //! and for every reload, since each generation takes its own snapshot.
 
 use std::fs::{self, File, Metadata};
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -45,7 +45,7 @@ impl Snapshot {
     /// shared library.
     pub fn take(path: &Path, insecure: bool) -> Result<Snapshot, Error> {
         let bad = |problem: String| Error::plugin(path, problem);
-        let mut file = File::open(path).map_err(|e| match e.kind() {
+        let file = File::open(path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => {
                 bad("no such file (build it first, e.g. `cargo build --release -p NAME`, or fix --plugin)".into())
             }
@@ -73,10 +73,19 @@ impl Snapshot {
             MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
         )
         .map_err(|e| bad(format!("cannot create the in-memory snapshot: {e}")))?;
-        // One copy, in the kernel (sendfile); the checks read only headers.
+        // Only what the loader maps: the ELF and program headers and the
+        // segments. Section headers, symbol tables and debug information
+        // past them are never read by dlopen, and for a large plugin they
+        // are most of the file. (If the headers cannot be read here, the
+        // whole file is copied and the check below says why.)
+        let needed = loaded_extent(&file, meta.len()).unwrap_or(meta.len());
+        // One copy, in the kernel (copy_file_range or sendfile); the checks
+        // read only headers.
         let mut copy = File::from(memfd);
-        let len = io::copy(&mut file, &mut copy)
+        let len = io::copy(&mut (&file).take(needed), &mut copy)
             .map_err(|e| bad(format!("cannot copy into the snapshot: {e}")))?;
+        // The copy itself must hold together: the file may have been
+        // rewritten between the two reads.
         check_elf(&copy, len).map_err(|problem| bad(problem.into()))?;
         let memfd = OwnedFd::from(copy);
         let seals = SealFlag::F_SEAL_SEAL
@@ -194,6 +203,13 @@ fn private(meta: &Metadata, me: u32) -> Result<(), Problem> {
 /// complaint, and the first access past its end kills the process with
 /// SIGBUS.)
 fn check_elf(file: &File, len: u64) -> Result<(), &'static str> {
+    loaded_extent(file, len).map(|_| ())
+}
+
+/// The length of the part of `file` (of `len` bytes) that the loader
+/// reads: the headers and every segment; an error if the file is not a
+/// whole library (see [`check_elf`]).
+fn loaded_extent(file: &File, len: u64) -> Result<u64, &'static str> {
     const NOT_A_LIBRARY: &str =
         "is not a shared library (no ELF header); pass the .so that cargo builds for a cdylib crate";
     const TRUNCATED: &str =
@@ -225,14 +241,17 @@ fn check_elf(file: &File, len: u64) -> Result<(), &'static str> {
     if phentsize < 56 {
         return Err(TRUNCATED);
     }
-    let table = read(phoff, u64::from(phentsize) * u64::from(phnum)).ok_or(TRUNCATED)?;
+    let table_size = u64::from(phentsize) * u64::from(phnum);
+    let table = read(phoff, table_size).ok_or(TRUNCATED)?;
+    let mut extent = phoff + table_size;
     for entry in table.chunks_exact(usize::from(phentsize)) {
         let (offset, filesz) = (u64_at(entry, 8), u64_at(entry, 32));
-        if offset.checked_add(filesz).is_none_or(|end| end > len) {
-            return Err(TRUNCATED);
+        match offset.checked_add(filesz) {
+            Some(end) if end <= len => extent = extent.max(end),
+            _ => return Err(TRUNCATED),
         }
     }
-    Ok(())
+    Ok(extent.max(64))
 }
 
 #[cfg(test)]
@@ -260,5 +279,19 @@ mod tests {
         assert!(check(b"\x7fELF")
             .unwrap_err()
             .contains("not a shared library"));
+    }
+
+    #[test]
+    fn the_loaded_extent_ends_with_the_last_segment_not_the_file() {
+        let mut exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&exe).unwrap();
+        let extent = super::loaded_extent(&file, exe.len() as u64).unwrap();
+        assert!(extent <= exe.len() as u64);
+        // Padding after the library changes nothing; what is loaded still checks.
+        exe.extend(std::iter::repeat_n(0xa5, 1 << 20));
+        file.write_all(&[0xa5; 1 << 20]).unwrap();
+        assert_eq!(super::loaded_extent(&file, exe.len() as u64), Ok(extent));
+        assert!(check(&exe[..extent as usize]).is_ok());
     }
 }
