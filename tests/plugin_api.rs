@@ -2,7 +2,9 @@
 //! (reason, deadline, worker index), failing from any thread, panics on
 //! plugin threads, listeners that stay non-blocking, logs that keep their
 //! target, fields and spans, a plugin built against the frozen plugin-api
-//! 0.1.0, and an axum plugin that loses no request across hot reloads.
+//! 0.1.0, an axum plugin that loses no request across hot reloads, a
+//! `panic = "abort"` plugin whose panic reaches the log before the abort,
+//! and a plugin written outside the workspace as README.md tells.
 
 mod support;
 
@@ -350,4 +352,216 @@ fn hello_axum_loses_no_request_across_twenty_reloads_under_load() {
     );
     assert!(*total >= 200, "only {total} requests made");
     assert!(generations.contains(&21), "generation 21 never answered");
+}
+
+/// Takes the tests' build lock (the file [`build_plugin`] locks), so that
+/// this test's cargo build does not compete with the others'.
+fn with_build_lock<T>(f: impl FnOnce() -> T) -> T {
+    let lock_path = host_bin().parent().unwrap().join("host-tests-build.lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    let mut lock = fd_lock::RwLock::new(lock_file);
+    let _guard = lock.write().expect("build lock");
+    f()
+}
+
+/// `cargo build --lib` of the workspace (or lone crate) in `dir`, into
+/// `target/<target_name>` beside the tests' own profile directory, in the
+/// tests' profile; returns the directory the libraries land in.
+fn build_lib_in(dir: &Path, target_name: &str) -> PathBuf {
+    let profile = host_bin().parent().unwrap().to_owned();
+    let target_dir = profile.parent().unwrap().join(target_name);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .current_dir(dir)
+        .args(["build", "--quiet", "--lib", "--target-dir"])
+        .arg(&target_dir);
+    if profile.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = with_build_lock(|| build.status().expect("run cargo build"));
+    assert!(status.success(), "cargo build in {} failed", dir.display());
+    target_dir.join(profile.file_name().unwrap())
+}
+
+#[test]
+fn a_panic_abort_plugin_logs_its_panic_before_the_abort_and_is_respawned() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let crate_dir = root.join("tests/plugins/panic-abort");
+    // Where the plugin panics: the line marked in its source.
+    let source = std::fs::read_to_string(crate_dir.join("src/lib.rs")).unwrap();
+    let panic_line = 1 + source
+        .lines()
+        .position(|l| l.contains("// PANIC-HERE"))
+        .expect("the marked panic in the plugin's source");
+    let location = format!("src/lib.rs:{panic_line}:");
+    let message = "panic-abort plugin: deliberate panic number 42";
+
+    let dir = temp_dir();
+    let plugin = dir.path().join("libpanic_abort.so");
+    let built = build_lib_in(&crate_dir, "panic-abort").join("libpanic_abort_plugin.so");
+    copy_atomically(&built, &plugin);
+    let host = start_host(
+        dir.path(),
+        &[
+            "--plugin",
+            plugin.to_str().unwrap(),
+            "--respawn-delay",
+            "0.5",
+        ],
+        &[],
+    );
+    host.wait_serving();
+
+    // The worker dies by SIGABRT, and the supervisor knows why: the panic,
+    // with its message and location, sent through the host before the abort.
+    let death = host.wait_for_log("was killed by SIGABRT", LONG);
+    assert!(
+        death.contains(message) && death.contains(&location) && death.contains("respawning"),
+        "{death}"
+    );
+    // The plugin's own log line, through the host's logger, before the death.
+    let log = host.log_text();
+    let logged = log
+        .lines()
+        .position(|l| l.contains("supervised_process panicked at") && l.contains(message))
+        .unwrap_or_else(|| panic!("no panic logged through the host:\n{log}"));
+    let panic_line_text = log.lines().nth(logged).unwrap();
+    assert!(panic_line_text.contains(&location), "{panic_line_text}");
+    assert!(
+        panic_line_text.contains("ERROR") && panic_line_text.contains("worker["),
+        "{panic_line_text}"
+    );
+    let died = log
+        .lines()
+        .position(|l| l.contains("was killed by SIGABRT"))
+        .unwrap();
+    assert!(
+        logged < died,
+        "the panic was logged after the death:\n{log}"
+    );
+
+    // And the slot gets a new worker.
+    let first = host.wait_for_nth_log("panic-abort plugin serving", 1, LONG);
+    let second = host.wait_for_nth_log("panic-abort plugin serving", 2, LONG);
+    assert_ne!(
+        field(&first, "pid"),
+        field(&second, "pid"),
+        "{first}\n{second}"
+    );
+}
+
+/// The plugin a plugin author writes, following README.md ("Writing a
+/// plugin"), with `REPLY` for the text of its replies.
+const OUTSIDE_PLUGIN: &str = r#"use std::io::{Read, Write};
+use std::time::Duration;
+
+use plugin_api::{export_plugin, tracing, SupervisedProcess, Supervisor};
+
+struct Worker;
+
+impl SupervisedProcess for Worker {
+    fn supervised_process(&mut self, sup: &Supervisor) -> Result<(), String> {
+        let listeners = sup.listeners().map_err(|e| e.to_string())?;
+        sup.ready_to_take_over()?;
+        while sup.ping_supervisor() {
+            let Some((mut conn, _peer)) = sup.accept(&listeners).map_err(|e| e.to_string())? else {
+                break;
+            };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body = format!("REPLY\nmy-plugin gen={} pid={}\n", sup.generation(), std::process::id());
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+        tracing::info!(reason = ?sup.stop_token().reason(), "stopping");
+        Ok(())
+    }
+    fn can_do_hot_reload(&self) -> bool { true }
+}
+
+export_plugin!(|_args: Vec<String>| Ok::<_, String>(Worker));
+"#;
+
+#[test]
+fn a_plugin_written_outside_the_workspace_as_the_readme_says_serves_and_reloads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dir = temp_dir();
+    // `cargo new --lib my-plugin`, as a plugin author would, by hand.
+    let crate_dir = dir.path().join("my-plugin");
+    std::fs::create_dir_all(crate_dir.join("src")).unwrap();
+    std::fs::write(
+        crate_dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"my-plugin\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+             [lib]\ncrate-type = [\"cdylib\"]\n\n\
+             [dependencies]\nplugin-api = {{ path = {:?} }}\n",
+            root.join("plugin-api").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    // The workspace's versions of every dependency: built offline, and fast
+    // in a target directory kept across runs.
+    std::fs::copy(root.join("Cargo.lock"), crate_dir.join("Cargo.lock")).unwrap();
+    let write_source = |reply: &str| {
+        let source = OUTSIDE_PLUGIN.replace("REPLY", reply);
+        std::fs::write(crate_dir.join("src/lib.rs"), source).unwrap();
+    };
+    let plugin = dir.path().join("libmy_plugin.so");
+    let build = || {
+        let built = build_lib_in(&crate_dir, "outside-plugin").join("libmy_plugin.so");
+        copy_atomically(&built, &plugin);
+    };
+    write_source("first build");
+    build();
+
+    let pid_file = dir.path().join("my.pid");
+    let host = start_host(
+        dir.path(),
+        &[
+            "--plugin",
+            plugin.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    host.wait_serving();
+    let addr = host.listen_addr();
+    let body = eventually_ok("a reply from the first build", LONG, || {
+        http_get(addr).map_err(|e| e.to_string())
+    });
+    assert!(
+        body.starts_with("first build\nmy-plugin gen=1 pid="),
+        "{body}"
+    );
+
+    // Edit, rebuild in place, `host reload`.
+    write_source("second build");
+    build();
+    reload(&pid_file);
+    let body = eventually_ok("a reply from the second build", LONG, || {
+        let body = http_get(addr).map_err(|e| e.to_string())?;
+        body.starts_with("second build\n")
+            .then_some(body.clone())
+            .ok_or(body)
+    });
+    assert_eq!(identity(&body).0, 2, "{body}");
 }
