@@ -29,18 +29,21 @@
 //!    `pre_exec` that keeps the listening sockets, the pid-file lock and one
 //!    end of the hand-over channel open across exec, in a process group of
 //!    its own). An exec error comes back at once. g keeps serving.
-//! 2. g+1 starts in `Starting`: it copies the plugin, forks its workers and
-//!    waits until each has called `ready_to_take_over`. A plugin whose
-//!    `can_do_hot_reload()` is false fails the reload here, at once.
-//! 3. g+1 sends `ReadyToTakeOver` and is `TakingOver`. g tells its workers
-//!    to stop accepting (`Stop(Reload)`: what waits stays queued in the
-//!    shared sockets), answers `Released`, and waits for the confirmation.
-//! 4. g+1, on `Released`, checks that every slot still has a ready worker,
-//!    sends each `Go`, confirms with `TookOver`, and only then rewrites the
-//!    pid file (never empty for a reader) and the status file: `Serving`.
-//!    g, on `TookOver`, is `Stopping` (cause: handed over): its workers
-//!    finish what they hold within `--shutdown-timeout`, a first operator
-//!    stop does not cut that short, and g exits once they are gone.
+//! 2. g+1 starts in `Starting`: it copies the plugin (only what the loader
+//!    maps), forks its workers and waits until each has called
+//!    `ready_to_take_over`. A plugin whose `can_do_hot_reload()` is false
+//!    fails the reload here, at once.
+//! 3. Every worker ready, g+1 sends each `Go` (they accept beside g's
+//!    workers: no moment passes with nobody accepting), then sends
+//!    `ReadyToTakeOver` and is `TakingOver`. g tells its workers to stop
+//!    accepting (`Stop(Reload)`), answers `Released`, and waits for the
+//!    confirmation.
+//! 4. g+1, on `Released`, checks that every slot still has a live worker,
+//!    tells the anchor it serves, confirms with `TookOver`, and only then
+//!    rewrites the pid file (never empty for a reader) and the status file:
+//!    `Serving`. g, on `TookOver`, is `Stopping` (cause: handed over): its
+//!    workers finish what they hold within `--shutdown-timeout`, a first
+//!    operator stop does not cut that short, and g exits once they are gone.
 //! 5. Until `TookOver`, g is in charge. If g+1 fails (it sends `Failed`), dies
 //!    (its channel closes or it is reaped) or does not confirm within
 //!    `--reload-timeout`, g kills g+1's process group and carries on: if it

@@ -115,6 +115,12 @@ impl Machine {
         if !states().all(|s| s == Some(WorkerState::Ready)) {
             return;
         }
+        // Every worker is ready: let them accept now, beside the old ones,
+        // so that no moment passes with nobody accepting; the old workers
+        // stop once asked below. Until the takeover is confirmed the old
+        // generation stays in charge, and if this one fails, its workers
+        // finish what they accepted.
+        self.send_go(fx);
         match predecessor {
             Some(predecessor) => {
                 tracing::info!(
@@ -125,6 +131,15 @@ impl Machine {
                 self.life = Life::TakingOver { predecessor };
             }
             None => self.take_over(now, fx),
+        }
+    }
+
+    fn send_go(&self, fx: &mut Vec<Effect>) {
+        for w in self.running() {
+            fx.push(Effect::Send {
+                pid: w.pid,
+                message: ToWorker::Go,
+            });
         }
     }
 
@@ -153,24 +168,19 @@ impl Machine {
                 self.check_started(now, fx);
             }
             Life::TakingOver { predecessor } => {
+                // Its workers already serve (they got Go when all were ready).
                 tracing::info!("the previous generation (pid {predecessor}) is gone");
                 self.life = Life::Starting { predecessor: None };
-                self.check_started(now, fx);
+                self.take_over(now, fx);
             }
             _ => {}
         }
     }
 
-    /// Lets every worker go, then tells the predecessor, then claims the
-    /// files: nothing the workers wait for comes after anything else.
+    /// In charge (the workers got Go already): tells the anchor, then the
+    /// predecessor, then claims the files.
     pub(super) fn take_over(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         let predecessor = self.predecessor();
-        for w in self.running() {
-            fx.push(Effect::Send {
-                pid: w.pid,
-                message: ToWorker::Go,
-            });
-        }
         // The anchor hears before the predecessor may exit, so it never
         // takes the predecessor's exit for a crash of the one in charge.
         fx.push(Effect::Notify(Notice::Serving));
