@@ -27,6 +27,7 @@ use crate::channel::{AnchorEnd, Received, ToAnchor, ToAnchorEnd};
 use crate::control;
 use crate::daemon::Readiness;
 use crate::error::Error;
+use crate::footprint;
 use crate::listeners::Listeners;
 use crate::logging::{self, Role};
 use crate::notify;
@@ -129,6 +130,7 @@ pub fn run(config: Config, readiness: Option<Readiness>) -> Result<i32, Error> {
         readiness,
     };
     anchor.start_generation()?;
+    footprint::trim();
     anchor.run()
 }
 

@@ -67,6 +67,7 @@ mod cli;
 mod control;
 mod daemon;
 mod error;
+mod footprint;
 mod heartbeat;
 mod lifecycle;
 mod listeners;

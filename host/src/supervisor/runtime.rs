@@ -15,8 +15,9 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR2};
 use super::{Config, Parts};
 use crate::channel::{NewToOld, OldToNew, Received, ToAnchor, ToWorkerEnd};
 use crate::error::Error;
+use crate::footprint;
 use crate::heartbeat::Heartbeat;
-use crate::lifecycle::{Event, Exit, Machine};
+use crate::lifecycle::{Event, Exit, Life, Machine};
 use crate::listeners::Listeners;
 use crate::pidfile::PidFile;
 use crate::reload::{Anchor, Predecessor, Successor};
@@ -47,6 +48,8 @@ pub struct Runtime {
     pub(super) predecessor: Option<Predecessor>,
     /// While boosted (see `priority`): the nice value to return to.
     pub(super) base_nice: Option<i32>,
+    /// Whether the resident set was trimmed (see `footprint`).
+    pub(super) trimmed: bool,
 }
 
 /// Where a poll event came from.
@@ -89,6 +92,7 @@ impl Runtime {
             successor: None,
             predecessor,
             base_nice,
+            trimmed: false,
         })
     }
 
@@ -144,6 +148,12 @@ impl Runtime {
             .is_some_and(|s| Some(s.pid) != successor)
         {
             self.successor = None;
+        }
+        // Once in charge, off the reload's critical path: only the code the
+        // supervisor runs stays resident (see `footprint`).
+        if !self.trimmed && matches!(self.machine.life, Life::Serving { .. }) {
+            self.trimmed = true;
+            footprint::trim();
         }
         Ok(outcome)
     }
