@@ -340,11 +340,13 @@ fn sigusr2_storm_runs_one_reload_at_a_time_and_leaves_no_zombie() {
     let dir = temp_dir();
     let service = start_service(dir.path(), &[], &[]);
     let addr = service.host.listen_addr();
-    for _ in 0..100 {
+    // A reload takes a few milliseconds: one signal a millisecond makes
+    // sure many arrive while one is in flight.
+    for _ in 0..400 {
         if let Some(pid) = pid_in(&service.pid_file) {
             signal(pid, Signal::SIGUSR2);
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(1));
     }
     // Settle: the live supervisor serves and is not reloading.
     let status_file = dir.path().join("hello.pid.status");
