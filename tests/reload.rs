@@ -350,7 +350,7 @@ fn sigusr2_storm_runs_one_reload_at_a_time_and_leaves_no_zombie() {
     }
     // Settle: the live supervisor serves and is not reloading.
     let status_file = dir.path().join("hello.pid.status");
-    let (live, generation) = eventually("the storm to settle", LONG, || {
+    let serving = || {
         let text = std::fs::read_to_string(&status_file).ok()?;
         let pid = pid_in(&service.pid_file)?;
         let generation = text
@@ -358,6 +358,13 @@ fn sigusr2_storm_runs_one_reload_at_a_time_and_leaves_no_zombie() {
             .find_map(|l| l.strip_prefix("generation=")?.parse::<u64>().ok())?;
         (text.contains("state=serving") && text.contains(&format!("pid={pid}\n")))
             .then_some((pid, generation))
+    };
+    // Settled: the same generation serves twice, 200 ms apart (a last
+    // signal may still be on its way when the loop ends).
+    let (live, generation) = eventually("the storm to settle", LONG, || {
+        let first = serving()?;
+        std::thread::sleep(Duration::from_millis(200));
+        (serving()? == first).then_some(first)
     });
     let served_by = eventually("a reply from the live generation", LONG, || {
         Some(identity(&http_get(addr).ok()?).0).filter(|&g| g == generation)

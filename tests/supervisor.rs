@@ -332,11 +332,22 @@ fn worker_that_keeps_crashing_is_respawned_with_backoff() {
 /// remains and the port is free.
 #[test]
 fn nothing_a_worker_forks_outlives_it() {
+    assert_nothing_a_worker_forks_outlives_it("fork-and-exit");
+}
+
+/// The same, for children that leave the worker's session and process
+/// group with `setsid`: the supervisor, their subreaper, kills them.
+#[test]
+fn nothing_a_worker_forks_outlives_it_even_after_setsid() {
+    assert_nothing_a_worker_forks_outlives_it("setsid-fork-and-exit");
+}
+
+fn assert_nothing_a_worker_forks_outlives_it(mode: &str) {
     let dir = temp_dir();
     let pid_file = dir.path().join("fork.pid");
     let faulty = start_faulty(
         dir.path(),
-        "fork-and-exit",
+        mode,
         &[
             "--respawn-delay",
             "0.05",

@@ -13,6 +13,8 @@
 //! - `garbage-to-supervisor`: after `ready_to_take_over`, writes a frame of
 //!   garbage on its channel to the supervisor (the one SEQPACKET socket it
 //!   holds), then serves;
+//! - `setsid-fork-and-exit`: like `fork-and-exit`, but the child first
+//!   leaves the worker's session and process group (`setsid`);
 //! - `fork-and-exit`: the worker forks a child that sleeps forever (holding
 //!   every descriptor the worker had, the listening sockets too), records it
 //!   as a `child pid=N` event, then exits with status 7;
@@ -160,16 +162,27 @@ impl SupervisedProcess for Faulty {
                     }
                 }
             }
-            "fork-and-exit" => {
-                // SAFETY: the child only sleeps (a plain system call) until
+            "fork-and-exit" | "setsid-fork-and-exit" => {
+                let leave = self.mode == "setsid-fork-and-exit";
+                // SAFETY: the child only calls setsid and sleeps (a plain system call) until
                 // it is killed; it touches no lock or allocation of the
                 // parent's other threads.
                 match unsafe { libc::fork() } {
                     0 => loop {
+                        if leave {
+                            // SAFETY: setsid is a plain system call.
+                            unsafe { libc::setsid() };
+                        }
                         // SAFETY: pause() only waits for a signal.
                         unsafe { libc::pause() };
                     },
                     child => {
+                        // Exit only once the child has left, so the host
+                        // sees a descendant outside the worker's group.
+                        // SAFETY: getsid only reads a process attribute.
+                        while leave && unsafe { libc::getsid(child) == libc::getsid(0) } {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
                         self.event(&format!("child pid={child}"), self.generation);
                         std::process::exit(7)
                     }
