@@ -100,7 +100,7 @@ fn wait_for_outcome(read: OwnedFd) -> i32 {
         .strip_prefix("error: ")
         .filter(|w| !w.is_empty())
         .unwrap_or("the daemon exited before serving (see --log-file)");
-    eprintln!("host: error: {why}");
+    crate::print_error(why);
     1
 }
 

@@ -116,7 +116,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
-            eprintln!("host: error: {e}");
+            print_error(&e.to_string());
             ExitCode::FAILURE
         }
     }
@@ -136,4 +136,13 @@ fn run_anchor(mut config: supervisor::Config) -> Result<i32, error::Error> {
     };
     logging::init();
     anchor::run(config, readiness)
+}
+
+/// Prints `host: error: MESSAGE` in one write: other processes of the host
+/// (the anchor, a supervisor) may be logging to the same stderr, and a line
+/// written in pieces could be interleaved with theirs.
+pub fn print_error(message: &str) {
+    use std::io::Write;
+    let line = format!("host: error: {message}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
