@@ -289,20 +289,12 @@ fn check_only_the_serving_generation_runs(
 /// returns the host, its pid file and its address.
 fn start_hello(dir: &Path, extra: &[&str]) -> (Host, PathBuf, SocketAddr) {
     let plugin = build_plugin("hello-http", None, &dir.join("libhello.so"));
-    let pid_file = dir.join("hello.pid");
-    let mut args = vec![
-        "--plugin",
-        plugin.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let host = start_host(dir, &args, &[]);
-    host.wait_serving();
+    let Served {
+        host,
+        pid_file,
+        addr,
+    } = serve_plugin(dir, &plugin, extra, &[]);
     wait_for_generation_1(&host, &pid_file);
-    let addr = host.listen_addr();
     (host, pid_file, addr)
 }
 

@@ -504,20 +504,7 @@ fn new_supervisor_killed_while_taking_over_leaves_the_old_generation_serving() {
 fn pid_file_always_holds_a_pid_during_reloads() {
     let dir = temp_dir();
     let plugin = build_plugin("hello-http", None, &dir.path().join("libhello.so"));
-    let pid_file = dir.path().join("hello.pid");
-    let host = start_host(
-        dir.path(),
-        &[
-            "--plugin",
-            plugin.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--pid-file",
-            pid_file.to_str().unwrap(),
-        ],
-        &[],
-    );
-    host.wait_serving();
+    let Served { host, pid_file, .. } = serve_plugin(dir.path(), &plugin, &[], &[]);
 
     let stop = Arc::new(AtomicBool::new(false));
     let _stop_helpers = StopOnDrop(Arc::clone(&stop));

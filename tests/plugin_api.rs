@@ -225,21 +225,11 @@ fn build_old_api_plugin(dest: &Path) -> PathBuf {
 fn a_plugin_built_against_plugin_api_0_1_0_loads_serves_and_reloads() {
     let dir = temp_dir();
     let plugin = build_old_api_plugin(&dir.path().join("libold.so"));
-    let pid_file = dir.path().join("old.pid");
-    let host = start_host(
-        dir.path(),
-        &[
-            "--plugin",
-            plugin.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--pid-file",
-            pid_file.to_str().unwrap(),
-        ],
-        &[],
-    );
-    host.wait_serving();
-    let addr = host.listen_addr();
+    let Served {
+        host: _host,
+        pid_file,
+        addr,
+    } = serve_plugin(dir.path(), &plugin, &[], &[]);
     let body = http_get(addr).unwrap();
     assert!(body.contains("old-api-plugin 0.1.0 gen=1"), "{body}");
     reload(&pid_file);

@@ -64,21 +64,11 @@ fn many_reloads_leave_the_footprint_flat() {
         .unwrap_or(50);
     let dir = temp_dir();
     let plugin = build_plugin("hello-http", None, &dir.path().join("libhello.so"));
-    let pid_file = dir.path().join("soak.pid");
-    let host = start_host(
-        dir.path(),
-        &[
-            "--plugin",
-            plugin.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--pid-file",
-            pid_file.to_str().unwrap(),
-        ],
-        &[],
-    );
-    host.wait_serving();
-    let addr = host.listen_addr();
+    let Served {
+        host,
+        pid_file,
+        addr,
+    } = serve_plugin(dir.path(), &plugin, &[], &[]);
     let stop = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicU64::new(0));
     let client = {

@@ -620,6 +620,38 @@ pub fn host_runs_on(pid_file: &Path) -> bool {
     status.success()
 }
 
+/// A host serving `plugin` on a fresh port, with a pid file.
+pub struct Served {
+    pub host: Host,
+    pub pid_file: PathBuf,
+    pub addr: SocketAddr,
+}
+
+/// Starts `plugin` with `--listen 127.0.0.1:0 --pid-file dir/<stem>.pid`,
+/// the host flags `extra` and the environment `env`, and waits until it
+/// serves.
+pub fn serve_plugin(dir: &Path, plugin: &Path, extra: &[&str], env: &[(&str, &str)]) -> Served {
+    let stem = plugin.file_stem().unwrap().to_string_lossy().into_owned();
+    let pid_file = dir.join(format!("{stem}.pid"));
+    let mut args = vec![
+        "--plugin",
+        plugin.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let host = start_host(dir, &args, env);
+    host.wait_serving();
+    let addr = host.listen_addr();
+    Served {
+        host,
+        pid_file,
+        addr,
+    }
+}
+
 /// A host running the test-only `faulty` plugin.
 pub struct Faulty {
     pub host: Host,
