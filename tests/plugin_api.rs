@@ -555,3 +555,52 @@ fn a_plugin_written_outside_the_workspace_as_the_readme_says_serves_and_reloads(
     });
     assert_eq!(identity(&body).0, 2, "{body}");
 }
+
+/// State hand-over: a worker stopped for a reload hands bytes to the
+/// worker of the same slot in the next generation, which reads them with
+/// `inherited_state`; reload after reload.
+#[test]
+fn a_worker_hands_its_state_to_the_next_generations_worker_of_its_slot() {
+    let dir = temp_dir();
+    let pid_file = dir.path().join("state.pid");
+    let faulty = start_faulty(
+        dir.path(),
+        "state",
+        &["--pid-file", pid_file.to_str().unwrap(), "--workers", "2"],
+        &[],
+    );
+    for generation in 2..=3u64 {
+        let (status, out, err) = host_command(
+            &["reload", "--pid-file", pid_file.to_str().unwrap()],
+            Duration::from_secs(30),
+        );
+        assert!(status.success(), "{out}{err}");
+        let old: Vec<u32> = lines(&faulty.events)
+            .iter()
+            .filter(|l| l.starts_with("start ") && l.contains(&format!("gen={}", generation - 1)))
+            .filter_map(|l| l.split("pid=").nth(1)?.split(' ').next()?.parse().ok())
+            .collect();
+        let inherited = eventually(
+            &format!("both workers of generation {generation} to inherit"),
+            Duration::from_secs(20),
+            || {
+                let got: Vec<String> = lines(&faulty.events)
+                    .into_iter()
+                    .filter(|l| {
+                        l.starts_with("inherited ") && l.ends_with(&format!("gen={generation}"))
+                    })
+                    .collect();
+                (got.len() == 2).then_some(got)
+            },
+        );
+        for pid in &old {
+            assert!(
+                inherited
+                    .iter()
+                    .any(|l| l.contains(&format!("state-of-pid-{pid} "))),
+                "the state of generation {} worker {pid} reached nobody: {inherited:?}",
+                generation - 1
+            );
+        }
+    }
+}

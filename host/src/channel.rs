@@ -17,12 +17,14 @@ use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag
 const MAX_TEXT: usize = 4096;
 
 /// supervisor -> worker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ToWorker {
     /// Serve: `ready_to_take_over` returns Ok.
     Go,
     /// Stop accepting, finish what you hold, return (`ping_supervisor` turns false).
     Stop(StopReason),
+    /// The state the previous generation's worker of this slot handed over.
+    State(Vec<u8>),
 }
 
 /// Why a worker is told to stop.
@@ -43,6 +45,8 @@ pub enum FromWorker {
     Ready,
     /// Why the worker is giving up.
     Failed(String),
+    /// State for the next generation's worker of the same slot.
+    State(Vec<u8>),
 }
 
 /// new generation -> the one it replaces.
@@ -57,10 +61,12 @@ pub enum NewToOld {
 }
 
 /// old generation -> the one replacing it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OldToNew {
     /// My workers stopped accepting; take over.
     Released,
+    /// What my worker in `slot` handed over, for yours.
+    State { slot: u32, state: Vec<u8> },
 }
 
 /// a supervisor -> the anchor (every generation holds a copy of one end).
@@ -98,6 +104,14 @@ fn push_text(buf: &mut Vec<u8>, text: &str) {
     buf.extend_from_slice(&text.as_bytes()[..end]);
 }
 
+/// The most bytes of state a worker hands over (plugin-api's `MAX_STATE`).
+pub const MAX_STATE: usize = plugin_api::ffi::MAX_STATE;
+
+fn push_state(buf: &mut Vec<u8>, state: &[u8]) {
+    buf.push(b'T');
+    buf.extend(&state[..state.len().min(MAX_STATE)]);
+}
+
 fn text(payload: &[u8]) -> String {
     String::from_utf8_lossy(payload).into_owned()
 }
@@ -108,6 +122,7 @@ impl Wire for ToWorker {
             ToWorker::Go => buf.push(b'G'),
             ToWorker::Stop(StopReason::Reload) => buf.extend([b'S', b'r']),
             ToWorker::Stop(StopReason::Shutdown) => buf.extend([b'S', b's']),
+            ToWorker::State(state) => push_state(buf, state),
         }
     }
 
@@ -116,6 +131,7 @@ impl Wire for ToWorker {
             (b'G', []) => Some(ToWorker::Go),
             (b'S', [b'r']) => Some(ToWorker::Stop(StopReason::Reload)),
             (b'S', [b's']) => Some(ToWorker::Stop(StopReason::Shutdown)),
+            (b'T', state) => Some(ToWorker::State(state.to_vec())),
             _ => None,
         }
     }
@@ -130,6 +146,7 @@ impl Wire for FromWorker {
                 buf.push(b'F');
                 push_text(buf, reason);
             }
+            FromWorker::State(state) => push_state(buf, state),
         }
     }
 
@@ -140,6 +157,7 @@ impl Wire for FromWorker {
             }),
             (b'R', []) => Some(FromWorker::Ready),
             (b'F', reason) => Some(FromWorker::Failed(text(reason))),
+            (b'T', state) => Some(FromWorker::State(state.to_vec())),
             _ => None,
         }
     }
@@ -171,12 +189,21 @@ impl Wire for OldToNew {
     fn encode(&self, buf: &mut Vec<u8>) {
         match self {
             OldToNew::Released => buf.push(b'H'),
+            OldToNew::State { slot, state } => {
+                buf.push(b'T');
+                buf.extend(slot.to_le_bytes());
+                buf.extend(&state[..state.len().min(MAX_STATE)]);
+            }
         }
     }
 
     fn decode(tag: u8, payload: &[u8]) -> Option<Self> {
         match (tag, payload) {
             (b'H', []) => Some(OldToNew::Released),
+            (b'T', [a, b, c, d, state @ ..]) => Some(OldToNew::State {
+                slot: u32::from_le_bytes([*a, *b, *c, *d]),
+                state: state.to_vec(),
+            }),
             _ => None,
         }
     }
@@ -305,9 +332,9 @@ impl<S: Wire, R: Wire> Channel<S, R> {
     }
 
     fn recv_with(&self, flags: MsgFlags) -> io::Result<Received<R>> {
-        // One byte more than the longest valid frame, so MSG_TRUNC is not
-        // needed to tell an oversized frame apart: it decodes as garbage.
-        let mut buf = [0u8; MAX_TEXT + 2];
+        // Room for the longest valid frame (a tag, a slot, the state) and
+        // one byte more, so an oversized frame shows as such.
+        let mut buf = vec![0u8; MAX_STATE + 6];
         let n = loop {
             match recv(self.fd.as_raw_fd(), &mut buf, flags) {
                 Ok(n) => break n,
@@ -321,7 +348,7 @@ impl<S: Wire, R: Wire> Channel<S, R> {
             return Ok(Received::Closed);
         }
         let (tag, payload) = (buf[0], &buf[1..n]);
-        if payload.len() > MAX_TEXT {
+        if payload.len() > MAX_STATE + 4 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("oversized channel message: {n} bytes"),
@@ -446,7 +473,7 @@ mod tests {
             let err = b.recv().unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         }
-        send(a.as_raw_fd(), &vec![b'F'; MAX_TEXT + 2], MsgFlags::empty()).unwrap();
+        send(a.as_raw_fd(), &vec![b'F'; MAX_STATE + 6], MsgFlags::empty()).unwrap();
         assert_eq!(b.recv().unwrap_err().kind(), io::ErrorKind::InvalidData);
     }
 

@@ -14,7 +14,7 @@ use abi_stable::{
     library::RootModule,
     package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RBox, ROption, RResult, RStr, RString, RVec},
+    std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec},
     StableAbi,
 };
 
@@ -115,7 +115,16 @@ pub struct HostExtras {
     /// Whether the host would log an event at `level` for `target`.
     #[sabi(last_prefix_field)]
     pub log_enabled: extern "C" fn(level: u8, target: RStr<'_>) -> bool,
+    /// Gives `state` (at most [`MAX_STATE`] bytes) to the worker of the same
+    /// slot in the next generation; false if it cannot be sent. (0.1.2)
+    pub hand_over_state: extern "C" fn(state: RSlice<'_, u8>) -> bool,
+    /// The state the previous generation's worker of this slot handed over,
+    /// waiting up to `timeout_ms` for it. (0.1.2)
+    pub inherited_state: extern "C" fn(timeout_ms: u64) -> ROption<RVec<u8>>,
 }
+
+/// The most bytes a worker can hand over to its successor.
+pub const MAX_STATE: usize = 64 * 1024;
 
 /// What [`HOST_EXTRAS_VAR`] points at. Never changes: a new layout would get
 /// a new magic and a new variable.

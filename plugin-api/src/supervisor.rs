@@ -225,6 +225,41 @@ impl Supervisor {
         self.stop_token().fail(reason)
     }
 
+    /// Hands `state` (caches, counters: at most
+    /// [`MAX_STATE`](crate::ffi::MAX_STATE) bytes) to the worker of the same
+    /// slot in the next generation, which reads it with
+    /// [`Supervisor::inherited_state`]. Call it once the stop's reason is
+    /// [`StopReason::Reload`], before returning from `supervised_process`.
+    ///
+    /// Ordering: the new worker already serves when the old one is asked to
+    /// stop (the generations overlap), so the state arrives after its
+    /// `ready_to_take_over` returned. Best effort: if the reload fails, or
+    /// the new worker is gone, the state is dropped.
+    pub fn hand_over_state(&self, state: &[u8]) -> Result<(), String> {
+        if state.len() > crate::ffi::MAX_STATE {
+            return Err(format!(
+                "state of {} bytes is more than the {} a hand-over takes",
+                state.len(),
+                crate::ffi::MAX_STATE
+            ));
+        }
+        match extras().and_then(|extras| extras.hand_over_state()) {
+            Some(hand_over) if hand_over(state.into()) => Ok(()),
+            Some(_) => Err("the state could not be handed over (the supervisor is gone?)".into()),
+            None => Err("this host is older than plugin-api 0.1.2: no state hand-over".into()),
+        }
+    }
+
+    /// The state the previous generation's worker of this slot handed over
+    /// ([`Supervisor::hand_over_state`]), waiting up to `timeout` for it;
+    /// `None` if none came (a first start, a respawn, an old worker that
+    /// handed nothing over).
+    pub fn inherited_state(&self, timeout: Duration) -> Option<Vec<u8>> {
+        let inherited = extras()?.inherited_state()?;
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        inherited(ms).into_option().map(Vec::from)
+    }
+
     /// Whether this worker should keep going. Never blocks and costs a few
     /// nanoseconds (an atomic load): the host watches the supervisor link on
     /// its own thread. Returns false, from the first call after it happens,

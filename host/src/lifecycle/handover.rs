@@ -218,7 +218,7 @@ impl Machine {
                 );
                 // Our workers stop accepting; what waits stays queued in the
                 // shared sockets for the new workers.
-                for slot in &mut self.slots {
+                for (index, slot) in self.slots.iter_mut().enumerate() {
                     let empty = Slot::Empty {
                         respawn_at: None,
                         crashes: 0,
@@ -231,6 +231,7 @@ impl Machine {
                             });
                             self.draining.push(Draining {
                                 pid: w.pid,
+                                slot: index,
                                 failure: w.failure,
                                 killed: false,
                             });

@@ -143,6 +143,8 @@ pub enum WorkerState {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Draining {
     pub pid: Pid,
+    /// The slot it served, whose next worker may get its state.
+    pub slot: usize,
     pub failure: Option<String>,
     pub killed: bool,
 }
@@ -196,6 +198,11 @@ pub enum Event {
     PredecessorGone,
     /// The anchor's channel closed: the service is over.
     AnchorGone,
+    /// The previous generation forwarded what its worker in `slot` handed over.
+    InheritedState {
+        slot: usize,
+        state: Vec<u8>,
+    },
     /// Time passed: deadlines are checked.
     Tick,
 }
@@ -221,6 +228,11 @@ pub enum Effect {
     },
     /// Tell the next generation its predecessor's workers stopped accepting.
     Release,
+    /// Forward a draining worker's state to the next generation.
+    HandState {
+        slot: usize,
+        state: Vec<u8>,
+    },
     /// Kill the next generation's whole process group.
     KillSuccessor {
         pid: Pid,
@@ -333,6 +345,19 @@ impl Machine {
             Slot::Running(w) => w.crashes,
         };
         self.slots.iter().filter(|s| crashes(s) >= 2).count()
+    }
+
+    /// The next generation, while it starts or once it took over from us:
+    /// our child, and the one our workers' state goes to.
+    pub fn successor(&self) -> Option<Pid> {
+        match &self.life {
+            Life::Serving { reload } => reload.map(|r| r.successor),
+            Life::Stopping {
+                cause: StopCause::HandedOver { successor },
+                ..
+            } => Some(*successor),
+            _ => None,
+        }
     }
 
     pub fn reload(&self) -> Option<&Reload> {

@@ -504,6 +504,22 @@ fn transitions() {
             },
         ),
         (
+            "a worker stopped for a reload hands its state over, with its slot, to the next generation",
+            || released(2),
+            3,
+            vec![from(102, FromWorker::State(b"counters".to_vec()))],
+            |_, fx| {
+                assert_eq!(fx, [Effect::HandState { slot: 1, state: b"counters".to_vec() }]);
+            },
+        ),
+        (
+            "the new generation gives the state to its worker of that slot",
+            || taking_over(2),
+            1,
+            vec![Event::Released, Event::InheritedState { slot: 1, state: b"counters".to_vec() }],
+            |_, fx| assert_eq!(fx, [send(102, ToWorker::State(b"counters".to_vec()))]),
+        ),
+        (
             "a worker forked just as the generation stops is told to stop too",
             || {
                 let t0 = Instant::now();

@@ -49,6 +49,13 @@ impl Machine {
             }
             Event::Released => self.on_released(now, &mut fx),
             Event::PredecessorGone => self.on_predecessor_gone(now, &mut fx),
+            Event::InheritedState { slot, state } => match self.slots.get(slot) {
+                Some(Slot::Running(w)) => fx.push(Effect::Send {
+                    pid: w.pid,
+                    message: ToWorker::State(state),
+                }),
+                _ => tracing::debug!("state for slot {slot} dropped: no worker there"),
+            },
             Event::AnchorGone => {
                 tracing::warn!("the anchor is gone: stopping");
                 if !matches!(self.life, Life::Stopping { .. }) {
@@ -118,6 +125,7 @@ impl Machine {
                 });
                 self.draining.push(Draining {
                     pid,
+                    slot,
                     failure: None,
                     killed: false,
                 });
@@ -155,9 +163,19 @@ impl Machine {
         now: Instant,
         fx: &mut Vec<Effect>,
     ) {
+        let successor = self.successor();
         if let Some(d) = self.draining.iter_mut().find(|d| d.pid == pid) {
-            if let FromWorker::Failed(reason) = message {
-                d.failure = Some(reason);
+            match message {
+                FromWorker::Failed(reason) => d.failure = Some(reason),
+                // For the next generation's worker of the same slot.
+                FromWorker::State(state) => match successor {
+                    Some(_) => fx.push(Effect::HandState {
+                        slot: d.slot,
+                        state,
+                    }),
+                    None => tracing::debug!("worker pid {pid}: no next generation for its state"),
+                },
+                _ => {}
             }
             return;
         }
@@ -181,6 +199,9 @@ impl Machine {
             }
             FromWorker::Ready => w.state = WorkerState::Ready,
             FromWorker::Failed(reason) => w.failure = Some(reason),
+            FromWorker::State(_) => {
+                tracing::debug!("worker pid {pid}: state ignored: it was not asked to hand over")
+            }
         }
         self.check_started(now, fx);
     }
@@ -256,7 +277,7 @@ impl Machine {
     pub(super) fn begin_stop(&mut self, cause: StopCause, now: Instant, fx: &mut Vec<Effect>) {
         let in_charge = self.in_charge();
         let reason = StopReason::for_cause(&cause);
-        for slot in &mut self.slots {
+        for (index, slot) in self.slots.iter_mut().enumerate() {
             let empty = Slot::Empty {
                 respawn_at: None,
                 crashes: 0,
@@ -268,6 +289,7 @@ impl Machine {
                 });
                 self.draining.push(Draining {
                     pid: w.pid,
+                    slot: index,
                     failure: w.failure,
                     killed: false,
                 });

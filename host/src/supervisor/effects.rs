@@ -44,6 +44,18 @@ impl Runtime {
                     }
                     None
                 }
+                Effect::HandState { slot, state } => {
+                    if let Some(s) = &self.successor {
+                        let message = OldToNew::State {
+                            slot: slot as u32,
+                            state,
+                        };
+                        if let Err(e) = s.channel.send(&message) {
+                            tracing::debug!("cannot hand over slot {slot}'s state: {e}");
+                        }
+                    }
+                    None
+                }
                 Effect::KillSuccessor { pid } => {
                     // Its own process group: the new supervisor and its workers.
                     let _ = killpg(pid, Signal::SIGKILL);

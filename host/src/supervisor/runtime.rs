@@ -137,11 +137,14 @@ impl Runtime {
         let effects = self.machine.handle(event, Instant::now());
         let outcome = self.perform(effects)?;
         // A link the lifecycle no longer speaks of is closed: the peer sees
-        // the hang-up.
-        if self.machine.predecessor().is_none() {
+        // the hang-up. Once in charge, the previous generation's link stays
+        // open until it closes it: its draining workers' state comes on it.
+        if self.machine.predecessor().is_none()
+            && !matches!(self.machine.life, Life::Serving { .. })
+        {
             self.predecessor = None;
         }
-        let successor = self.machine.reload().map(|r| r.successor);
+        let successor = self.machine.successor();
         if self
             .successor
             .as_ref()
@@ -251,6 +254,8 @@ impl Runtime {
 
     fn read_successor(&mut self, events: &mut Vec<Event>) {
         if self.successor_messages(events) {
+            // Closed for good: no more polling it.
+            self.successor = None;
             let reason = "the new generation exited before taking over".to_owned();
             events.push(Event::SuccessorGone { reason });
         }
@@ -280,12 +285,21 @@ impl Runtime {
     }
 
     fn read_predecessor(&mut self, events: &mut Vec<Event>) {
-        let Some(p) = &self.predecessor else { return };
-        loop {
+        while let Some(p) = &self.predecessor {
             match p.channel.try_recv() {
                 Ok(Received::Message(OldToNew::Released)) => events.push(Event::Released),
+                Ok(Received::Message(OldToNew::State { slot, state })) => {
+                    events.push(Event::InheritedState {
+                        slot: slot as usize,
+                        state,
+                    })
+                }
                 Ok(Received::Empty) => return,
-                Ok(Received::Closed) | Err(_) => return events.push(Event::PredecessorGone),
+                Ok(Received::Closed) | Err(_) => {
+                    // Closed for good: no more polling it.
+                    self.predecessor = None;
+                    return events.push(Event::PredecessorGone);
+                }
             }
         }
     }

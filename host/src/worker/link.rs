@@ -29,6 +29,9 @@ pub(super) struct LinkState {
     pub(super) reason: u8,
     /// When it will be killed, if anyone will.
     pub(super) deadline: Option<Instant>,
+    /// What the previous generation's worker of this slot handed over,
+    /// until the plugin takes it.
+    pub(super) inherited: Option<Vec<u8>>,
 }
 
 impl Link {
@@ -92,6 +95,9 @@ impl Link {
             }
             if fds[0].any().unwrap_or(false) {
                 match self.channel.try_recv() {
+                    Ok(Received::Message(ToWorker::State(state))) => {
+                        self.update(|s| s.inherited = Some(state))
+                    }
                     Ok(Received::Message(ToWorker::Go)) => {
                         if let Some(nice) = self.base_nice {
                             if let Err(e) = priority::set_all_threads(nice) {

@@ -2,6 +2,7 @@
 //! table, and the plugin's log records.
 
 use super::*;
+use abi_stable::std_types::RSlice;
 
 /// The host services handed to the plugin.
 pub(super) struct WorkerServices {
@@ -75,6 +76,8 @@ pub(super) fn publish_extras(link: &Arc<Link>, spec: &Spec<'_>) {
         worker_index: extras_worker_index,
         fail: extras_fail,
         log_enabled: extras_log_enabled,
+        hand_over_state: extras_hand_over_state,
+        inherited_state: extras_inherited_state,
     }
     .leak_into_prefix();
     let header: &'static HostExtrasHeader = Box::leak(Box::new(HostExtrasHeader {
@@ -114,6 +117,36 @@ extern "C" fn extras_shutdown_time_left_ns() -> ROption<u64> {
         }
         None => ROption::RNone,
     }
+}
+
+extern "C" fn extras_hand_over_state(state: RSlice<'_, u8>) -> bool {
+    let state = state.as_slice().to_vec();
+    // Nothing may unwind into the plugin's frames.
+    std::panic::catch_unwind(move || {
+        EXTRAS.get().is_some_and(|x| {
+            state.len() <= crate::channel::MAX_STATE
+                && x.link.channel.send(&FromWorker::State(state)).is_ok()
+        })
+    })
+    .unwrap_or(false)
+}
+
+extern "C" fn extras_inherited_state(timeout_ms: u64) -> ROption<RVec<u8>> {
+    std::panic::catch_unwind(|| {
+        let x = EXTRAS.get()?;
+        let timeout = Duration::from_millis(timeout_ms.min(u64::from(u32::MAX)));
+        let state = x.link.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut state, _) = x
+            .link
+            .changed
+            .wait_timeout_while(state, timeout, |s| s.inherited.is_none())
+            .unwrap_or_else(PoisonError::into_inner);
+        state.inherited.take()
+    })
+    .ok()
+    .flatten()
+    .map(RVec::from)
+    .into()
 }
 
 extern "C" fn extras_worker_index() -> u64 {

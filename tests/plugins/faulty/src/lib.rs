@@ -15,6 +15,9 @@
 //!   holds), then serves;
 //! - `setsid-fork-and-exit`: like `fork-and-exit`, but the child first
 //!   leaves the worker's session and process group (`setsid`);
+//! - `state`: serves; a worker stopped for a reload hands over
+//!   `state-of-pid-<its pid>`, and every worker records what it inherited
+//!   as `inherited <state> by pid=<pid> gen=<g>`;
 //! - `fork-and-exit`: the worker forks a child that sleeps forever (holding
 //!   every descriptor the worker had, the listening sockets too), records it
 //!   as a `child pid=N` event, then exits with status 7;
@@ -52,7 +55,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use plugin_api::{export_plugin, SupervisedProcess, Supervisor};
+use plugin_api::{export_plugin, StopReason, SupervisedProcess, Supervisor};
 
 struct Faulty {
     /// The mode as written in the mode file (events record it).
@@ -217,8 +220,31 @@ impl SupervisedProcess for Faulty {
             }
             return Ok(());
         }
+        if self.mode == "state" {
+            // What the previous worker of this slot handed over, if any.
+            let (sup2, events) = (sup.clone(), self.events.clone());
+            let generation = self.generation;
+            std::thread::spawn(move || {
+                if let (Some(state), Some(path)) =
+                    (sup2.inherited_state(Duration::from_secs(10)), events)
+                {
+                    let line = format!(
+                        "inherited {} by pid={} gen={generation}\n",
+                        String::from_utf8_lossy(&state),
+                        std::process::id()
+                    );
+                    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(path) {
+                        let _ = f.write_all(line.as_bytes());
+                    }
+                }
+            });
+        }
         while sup.ping_supervisor() {
             std::thread::sleep(Duration::from_millis(5));
+        }
+        if self.mode == "state" && sup.stop_reason() == Some(StopReason::Reload) {
+            let state = format!("state-of-pid-{}", std::process::id());
+            sup.hand_over_state(state.as_bytes())?;
         }
         Ok(())
     }
