@@ -67,7 +67,12 @@ fn checked_host(pid_file: &Path) -> Result<Host, Error> {
     let deadline = Instant::now() + SETTLE;
     loop {
         match try_checked_host(pid_file) {
-            Err(e) if Instant::now() < deadline => {
+            // Only a host that runs (the file is locked) is worth waiting
+            // for: no lock, no file, a symlink are answers at once.
+            Err(e)
+                if Instant::now() < deadline
+                    && matches!(pidfile::holder(pid_file), Ok(Holder::Running(_))) =>
+            {
                 tracing::debug!("{e}; looking again");
                 std::thread::sleep(POLL);
             }
