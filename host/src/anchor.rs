@@ -13,7 +13,7 @@
 //! the channel's hang-up, which every supervisor sees and answers with a
 //! graceful stop.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
@@ -33,6 +33,7 @@ use crate::logging::{self, Role};
 use crate::notify;
 use crate::pidfile::PidFile;
 use crate::privileges;
+use crate::process::{describe_exit, pidfd_open};
 use crate::reload::{self, Handoff};
 use crate::signals::{self, Signals};
 use crate::supervisor::Config;
@@ -361,7 +362,7 @@ impl Anchor {
         // Its last words, if it said why it failed.
         self.read_messages();
         if self.in_charge.is_some_and(|g| g.pid == pid) {
-            self.supervisor_gone(code, &describe(status));
+            self.supervisor_gone(code, &describe_exit(status));
         } else if self.starting.is_some_and(|g| g.pid == pid) {
             self.starting = None;
             if !self.served || self.stopping {
@@ -371,16 +372,16 @@ impl Anchor {
                 self.exit_code = if code == 0 { 1 } else { code };
                 return;
             }
-            tracing::warn!("generation starting as pid {pid} {}", describe(status));
+            tracing::warn!("generation starting as pid {pid} {}", describe_exit(status));
             self.schedule_restart();
         } else if self.successor == Some(pid) {
             self.successor = None;
             if self.in_charge.is_none() && !self.stopping {
-                tracing::warn!("the new generation (pid {pid}) {}", describe(status));
+                tracing::warn!("the new generation (pid {pid}) {}", describe_exit(status));
                 self.schedule_restart();
             }
         } else {
-            tracing::debug!("reaped pid {pid} ({})", describe(status));
+            tracing::debug!("reaped pid {pid} ({})", describe_exit(status));
         }
     }
 
@@ -447,27 +448,4 @@ impl Anchor {
         );
         self.restart_at = Some(Instant::now() + delay);
     }
-}
-
-/// "exited with status 1", "was killed by SIGKILL".
-fn describe(status: WaitStatus) -> String {
-    match status {
-        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
-        WaitStatus::Signaled(_, sig, _) => format!("was killed by {}", sig.as_str()),
-        other => format!("changed state: {other:?}"),
-    }
-}
-
-/// A descriptor that becomes readable when process `pid` exits, whoever
-/// its parent is.
-fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
-    // (close-on-exec by default) or -1; no memory is passed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor to us; nothing else
-    // owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

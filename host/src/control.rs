@@ -21,7 +21,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,7 @@ use nix::unistd::Pid;
 use crate::cli::Command;
 use crate::error::{self, shown, Error};
 use crate::pidfile::{self, Holder};
+use crate::process;
 use crate::reload;
 use crate::status::{self, State, Status};
 
@@ -215,10 +216,7 @@ fn real_uid(pid: u32) -> Option<u32> {
 
 /// The parent of `pid`, from `/proc/PID/stat`.
 fn parent(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    // Field 3 is the state, field 4 the parent.
-    rest.split_whitespace().nth(1)?.parse().ok()
+    process::stat_field(&pid.to_string(), 4).ok()?.parse().ok()
 }
 
 /// The pid a locked pid file names, and the file's owner; or an error
@@ -262,24 +260,19 @@ impl Process {
     fn open(pid: u32) -> Result<Process, Error> {
         let raw = libc::pid_t::try_from(pid)
             .map_err(|_| Error::Control(format!("pid {pid} is out of range")))?;
-        // SAFETY: pidfd_open takes a pid and flags and returns a new
-        // descriptor (close-on-exec) or -1; no memory of ours is involved.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                // An old kernel: fall back to kill(2) by pid.
-                Some(libc::ENOSYS) => Ok(Process { pid, pidfd: None }),
-                _ => Err(Error::Control(format!(
+        let pidfd = match process::pidfd_open(Pid::from_raw(raw)) {
+            Ok(pidfd) => pidfd,
+            // An old kernel: fall back to kill(2) by pid.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                return Ok(Process { pid, pidfd: None })
+            }
+            Err(e) => {
+                return Err(Error::Control(format!(
                     "pid {pid}: {} (the host is gone? try again)",
                     describe(&e)
-                ))),
-            };
-        }
-        let fd = RawFd::try_from(fd).expect("a descriptor fits in a RawFd");
-        // SAFETY: the kernel just returned this descriptor to us; nothing
-        // else owns it, and the OwnedFd closes it once.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+                )))
+            }
+        };
         Ok(Process {
             pid,
             pidfd: Some(pidfd),

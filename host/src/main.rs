@@ -76,6 +76,7 @@ mod notify;
 mod pidfile;
 mod priority;
 mod privileges;
+mod process;
 mod reload;
 mod signals;
 mod snapshot;

@@ -210,18 +210,12 @@ pub fn random_id() -> String {
 /// clock ticks since boot. With the pid, it names one process: a pid reused
 /// later has another start time.
 pub fn start_time(pid: &str) -> io::Result<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Field 3 (the state) comes first after the command name, which may
-    // hold spaces and parentheses.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(22 - 3))
-        .and_then(|field| field.parse().ok())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("/proc/{pid}/stat holds no start time"),
-            )
-        })
+    crate::process::stat_field(pid, 22)?.parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/proc/{pid}/stat holds no start time"),
+        )
+    })
 }
 
 /// This process's pid namespace, as `readlink /proc/self/ns/pid` says it:

@@ -20,6 +20,7 @@ use crate::heartbeat::Heartbeat;
 use crate::lifecycle::{Event, Exit, Life, Machine};
 use crate::listeners::Listeners;
 use crate::pidfile::PidFile;
+use crate::process::describe_exit;
 use crate::reload::{Anchor, Predecessor, Successor};
 use crate::signals::{self, Signals};
 use crate::snapshot::Snapshot;
@@ -354,7 +355,7 @@ impl Runtime {
             };
             let Some(pid) = status.pid() else { continue };
             let exit = Exit {
-                how: describe(status),
+                how: describe_exit(status),
                 clean: matches!(status, WaitStatus::Exited(_, 0)),
             };
             if let Some(i) = self.workers.iter().position(|w| w.pid == pid) {
@@ -399,20 +400,5 @@ fn kill_escaped_orphans() {
                 let _ = kill(child, Signal::SIGKILL);
             }
         }
-    }
-}
-
-/// "exited with status 1", "was killed by SIGKILL".
-fn describe(status: WaitStatus) -> String {
-    match status {
-        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
-        WaitStatus::Signaled(_, sig, core) => {
-            format!(
-                "was killed by {}{}",
-                sig.as_str(),
-                if core { " (core dumped)" } else { "" }
-            )
-        }
-        other => format!("changed state: {other:?}"),
     }
 }
