@@ -11,6 +11,7 @@ mod effects;
 mod pool;
 mod report;
 mod runtime;
+mod watchdog;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
