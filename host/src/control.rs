@@ -86,46 +86,46 @@ fn try_checked_host(pid_file: &Path) -> Result<Host, Error> {
     let status_path = status::path_for(pid_file);
     let own_ns = status::own_pid_namespace()
         .map_err(|e| Error::Control(format!("cannot read /proc/self/ns/pid: {e}")))?;
-    let deadline = Instant::now() + SETTLE;
-    // The pid file and status file agree, or the time is up.
-    let (pid, pid_file_owner, status, status_owner) = loop {
-        let (pid, pid_file_owner) = running_pid(pid_file)?;
-        let why = match status::read_with_owner(&status_path) {
-            Ok((Some(status), owner)) => {
-                if status.pid_ns != own_ns {
-                    return Err(Error::Control(format!(
-                        "pid file {}: the host runs in another pid namespace ({}; this command runs in {own_ns}), where its pids name other processes than here: run the command inside it (e.g. `nsenter --target PID --pid --mount host ...`, PID being its anchor as seen from here)",
-                        shown(pid_file),
-                        status.pid_ns
-                    )));
-                }
-                if status.pid == pid || status.anchor == pid {
-                    break (pid, pid_file_owner, status, owner);
-                }
-                format!(
-                    "the pid file names pid {pid} but {} pid {} (the host is starting or changing hands; try again)",
-                    shown(&status_path),
-                    status.pid
-                )
-            }
-            Ok((None, _)) => format!(
+    // The pid file and status file must agree (`checked_host` looks again
+    // while they change hands).
+    let (pid, pid_file_owner) = running_pid(pid_file)?;
+    let not_yet = |why: String| Error::Control(format!("pid file {}: {why}", shown(pid_file)));
+    let (status, status_owner) = match status::read_with_owner(&status_path) {
+        Ok((Some(status), owner)) => (status, owner),
+        Ok((None, _)) => {
+            return Err(not_yet(format!(
                 "{} is not a status file this host writes (no instance id?): restart the host with this version",
                 shown(&status_path)
-            ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => format!(
+            )))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(not_yet(format!(
                 "{} is missing (the host is starting; try again)",
                 shown(&status_path)
-            ),
-            Err(e) => format!("{}: {}", shown(&status_path), describe(&e)),
-        };
-        if Instant::now() >= deadline {
-            return Err(Error::Control(format!(
-                "pid file {}: {why}",
-                shown(pid_file)
-            )));
+            )))
         }
-        std::thread::sleep(POLL);
+        Err(e) => {
+            return Err(not_yet(format!(
+                "{}: {}",
+                shown(&status_path),
+                describe(&e)
+            )))
+        }
     };
+    if status.pid_ns != own_ns {
+        return Err(Error::Control(format!(
+            "pid file {}: the host runs in another pid namespace ({}; this command runs in {own_ns}), where its pids name other processes than here: run the command inside it (e.g. `nsenter --target PID --pid --mount host ...`, PID being its anchor as seen from here)",
+            shown(pid_file),
+            status.pid_ns
+        )));
+    }
+    if status.pid != pid && status.anchor != pid {
+        return Err(not_yet(format!(
+            "the pid file names pid {pid} but {} pid {} (the host is starting or changing hands; try again)",
+            shown(&status_path),
+            status.pid
+        )));
+    }
 
     // Hold the process first: whatever the checks see is what is signalled.
     let process = Process::open(pid)?;
