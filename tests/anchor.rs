@@ -194,9 +194,12 @@ fn zombie_children(pid: u32) -> Vec<u32> {
     children(pid).into_iter().filter(|&c| zombie(c)).collect()
 }
 
-/// The live (non-zombie) children of `pid`, in pid order.
+/// The live (non-zombie) children of `pid` but a standby, in pid order.
 fn live_children(pid: u32) -> Vec<u32> {
-    let mut live: Vec<u32> = children(pid).into_iter().filter(|&c| alive(c)).collect();
+    let mut live: Vec<u32> = children(pid)
+        .into_iter()
+        .filter(|&c| alive(c) && !standby(c))
+        .collect();
     live.sort_unstable();
     live
 }
@@ -268,8 +271,13 @@ fn check_only_the_serving_generation_runs(
     let mut expected = workers.clone();
     expected.extend([anchor, sup]);
     expected.sort_unstable();
-    let processes = host.processes();
+    let processes = host.serving_processes();
     let zombies = [zombie_children(anchor), zombie_children(sup)].concat();
+    let standbys: Vec<u32> = host
+        .processes()
+        .into_iter()
+        .filter(|&p| standby(p))
+        .collect();
     if workers.is_empty() {
         Err(format!("supervisor {sup} has no live worker"))
     } else if processes != expected {
@@ -279,6 +287,10 @@ fn check_only_the_serving_generation_runs(
     } else if !zombies.is_empty() {
         Err(format!(
             "zombies {zombies:?} under the anchor or supervisor"
+        ))
+    } else if standbys.len() > 1 || standbys.iter().any(|&p| parent(p) != Some(sup)) {
+        Err(format!(
+            "standbys {standbys:?}: at most one, the child of supervisor {sup}"
         ))
     } else {
         Ok(())
@@ -449,7 +461,9 @@ fn as_pid_1_of_a_pid_namespace_ten_reloads_under_load_lose_no_request_and_sigter
         }
         expected.extend([unshare.pid(), anchor, sup]);
         expected.sort_unstable();
-        match unshare.processes() {
+        let mut processes = unshare.processes();
+        processes.retain(|&p| !standby(p));
+        match processes {
             p if p == expected => Ok(()),
             p => Err(format!("processes {p:?}, wanted {expected:?}")),
         }

@@ -347,7 +347,7 @@ fn assert_generation_1_serves_after_the_failed_takeover(
     eventually_ok("generation 2 to be gone", SOON, || {
         let gen1 = faulty_event_pids(events, "start", 1);
         let others: Vec<u32> = host
-            .processes()
+            .serving_processes()
             .into_iter()
             .filter(|p| *p != host.pid() && *p != old && !gen1.contains(p))
             .collect();
@@ -614,7 +614,7 @@ fn assert_reload_to_a_plugin_that_cannot_hot_reload_fails_at_once(mode: &str) {
     assert!(alive(worker), "generation 1's worker runs");
     eventually_ok("generation 2 to be gone", SOON, || {
         let others: Vec<u32> = host
-            .processes()
+            .serving_processes()
             .into_iter()
             .filter(|p| ![host.pid(), old, worker].contains(p))
             .collect();

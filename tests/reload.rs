@@ -516,6 +516,82 @@ fn reload_execs_a_rebuilt_host_binary_and_survives_a_missing_one() {
     );
 }
 
+/// The supervisor in charge keeps the next generation exec'd and waiting (a
+/// standby, a batch job named `host-standby`), and a reload starts it rather
+/// than a fresh exec: unless the host binary on disk changed since, or the
+/// standby died. A plugin that cannot hot-reload gets none.
+#[test]
+fn a_reload_starts_the_standby_unless_the_host_binary_changed_or_it_died() {
+    let dir = temp_dir();
+    let bin = dir.path().join("host");
+    copy_atomically(&host_bin(), &bin);
+    let pid_file = dir.path().join("ticker.pid");
+    let (host, ticks) = start_ticker_from(
+        &bin,
+        dir.path(),
+        &["--pid-file", pid_file.to_str().unwrap()],
+    );
+    host.wait_serving();
+    let standby_of = |sup: u32| {
+        eventually(&format!("a standby under pid {sup}"), LONG, || {
+            let found = standbys(sup);
+            (found.len() == 1 && comm(found[0]).as_deref() == Some("host-standby"))
+                .then(|| found[0])
+        })
+    };
+
+    // Started: the standby is generation 2, and no longer a standby.
+    let first = standby_of(host.supervisor());
+    let (ok, _, err) = reload(&pid_file);
+    assert!(ok, "{err}");
+    assert_eq!(pid_in(&pid_file), Some(first), "the standby took over");
+    assert!(!standby(first), "generation 2 runs as a usual supervisor");
+    assert_eq!(comm(first).as_deref(), Some("host"));
+    eventually("ticks from generation 2", LONG, || {
+        lines(&ticks)
+            .iter()
+            .any(|l| l.ends_with(" gen=2"))
+            .then_some(())
+    });
+
+    // A rebuilt binary (a new file at the same path): exec'd afresh, and
+    // the standby, which runs the old one, is killed.
+    let second = standby_of(first);
+    copy_atomically(&host_bin(), &bin);
+    let (ok, _, err) = reload(&pid_file);
+    assert!(ok, "{err}");
+    let third_sup = pid_in(&pid_file).unwrap();
+    assert_ne!(third_sup, second, "a fresh exec took over");
+    wait_gone("the stale standby", second, LONG);
+    let exe = std::fs::read_link(format!("/proc/{third_sup}/exe")).unwrap();
+    assert_eq!(exe, std::fs::canonicalize(&bin).unwrap());
+
+    // A standby that died: the next reload execs afresh.
+    let third = standby_of(third_sup);
+    signal(third, Signal::SIGKILL);
+    wait_gone("the killed standby", third, LONG);
+    let (ok, _, err) = reload(&pid_file);
+    assert!(ok, "{err}");
+    let fourth_sup = pid_in(&pid_file).unwrap();
+    assert!(![third_sup, third].contains(&fourth_sup));
+    standby_of(fourth_sup);
+}
+
+#[test]
+fn a_plugin_that_cannot_hot_reload_gets_no_standby() {
+    let dir = temp_dir();
+    let Faulty { host, .. } = start_faulty(dir.path(), "no-hot-reload", &[], &[]);
+    host.wait_serving();
+    holds_for(
+        "no standby",
+        Duration::from_millis(300),
+        || match standbys(host.supervisor()) {
+            s if s.is_empty() => Ok(()),
+            s => Err(format!("standbys {s:?}")),
+        },
+    );
+}
+
 /// One datagram from the fake systemd socket (which has `SO_PASSCRED` set):
 /// the sender's pid (from its `SCM_CREDENTIALS`) and the text. `None` when
 /// nothing came within the socket's read timeout.

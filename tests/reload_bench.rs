@@ -512,6 +512,20 @@ fn longest_gap(events: &[Instant], from: Instant, to: Instant) -> Duration {
     longest
 }
 
+fn longest_gap_at(events: &[Instant], from: Instant, to: Instant) -> (Instant, Duration) {
+    let first = events.partition_point(|&e| e <= from);
+    let last = events.partition_point(|&e| e < to);
+    let mut previous = from;
+    let mut longest = (from, Duration::ZERO);
+    for &e in events[first..last].iter().chain([&to]) {
+        if e.saturating_duration_since(previous) > longest.1 {
+            longest = (previous, e.saturating_duration_since(previous));
+        }
+        previous = e;
+    }
+    longest
+}
+
 /// The figures of one server's run.
 struct Figures {
     requests: u64,
@@ -575,6 +589,15 @@ fn figures(run: Run) -> Figures {
         let (fb, end) = first[&(i as u64 + 2)];
         reloads.push(end.saturating_duration_since(signal));
         gaps.push(longest_gap(&events, signal, fb));
+        if std::env::var_os("BENCH_GAPS").is_some() {
+            let (at, len) = longest_gap_at(&events, signal, fb);
+            eprintln!(
+                "gap reload {i}: first reply {:.3} ms, gap {:.3} ms from {:.3} ms",
+                ms(fb - signal),
+                ms(len),
+                ms(at - signal)
+            );
+        }
         // A window as long, laid in the baseline phase (spread evenly by
         // the golden ratio).
         let len = fb.saturating_duration_since(signal).min(base_len);

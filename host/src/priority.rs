@@ -47,3 +47,26 @@ pub fn set_all_threads(nice: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Switches this thread between SCHED_BATCH (`true`) and SCHED_OTHER at the
+/// same nice value: a batch thread never preempts another on waking, and
+/// either switch is allowed without privilege.
+pub fn set_batch(batch: bool) -> io::Result<()> {
+    let policy = match batch {
+        true => libc::SCHED_BATCH,
+        false => libc::SCHED_OTHER,
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain system call on this thread; `param` is a valid,
+    // initialised struct that outlives the call, which only reads it.
+    match unsafe { libc::sched_setscheduler(0, policy, &param) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Whether this thread runs with the usual policy, SCHED_OTHER.
+pub fn is_usual() -> bool {
+    // SAFETY: plain system call about this thread; no memory is passed.
+    unsafe { libc::sched_getscheduler(0) == libc::SCHED_OTHER }
+}

@@ -25,7 +25,7 @@ use std::process::Command;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::unistd::Pid;
 
-use crate::channel::{NewEnd, NewToOld, OldEnd, ToAnchor, ToAnchorEnd};
+use crate::channel::{NewEnd, NewToOld, OldEnd, OldToNew, Received, ToAnchor, ToAnchorEnd};
 use crate::error::Error;
 use crate::priority;
 
@@ -38,9 +38,12 @@ const BASE_NICE: &str = "HOST_INHERIT_BASE_NICE";
 const ANCHOR_FD: &str = "HOST_INHERIT_ANCHOR_FD";
 const ANCHOR_PID: &str = "HOST_INHERIT_ANCHOR_PID";
 const ANCHOR_SINCE: &str = "HOST_INHERIT_ANCHOR_SINCE";
+/// Set for a standby (see [`spawn_standby`]).
+const STANDBY: &str = "HOST_INHERIT_STANDBY";
 /// The variable that carries the instance id (see [`instance`]).
 pub const INSTANCE_VAR: &str = "HOST_INHERIT_INSTANCE";
-const ALL: [&str; 10] = [
+const ALL: [&str; 11] = [
+    STANDBY,
     GENERATION,
     LISTEN_FDS,
     HANDOVER_FD,
@@ -119,6 +122,9 @@ impl InheritedEnv {
 /// replaces, if any.
 pub struct Inherited {
     pub generation: u64,
+    /// Started ahead of a reload: wait for [`OldToNew::Start`] first (see
+    /// [`Inherited::await_start`]).
+    pub standby: Option<StandbyAs>,
     /// The nice value to return to on taking over (see `priority`).
     pub base_nice: Option<i32>,
     pub listeners: Vec<OwnedFd>,
@@ -126,6 +132,15 @@ pub struct Inherited {
     pub anchor: Anchor,
     /// None for a generation the anchor started.
     pub predecessor: Option<Predecessor>,
+}
+
+/// How a standby was started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StandbyAs {
+    /// As a batch job, to be scheduled as usual once started.
+    Batch,
+    /// With the scheduling policy of the supervisor that started it.
+    Inherited,
 }
 
 /// The generation being replaced, as seen by its successor.
@@ -214,6 +229,10 @@ impl Inherited {
             Ok((generation, predecessor, base_nice, pid, since, listeners, pid_file)) => {
                 Ok(Inherited {
                     generation,
+                    standby: get(STANDBY).ok().map(|v| match v.as_str() {
+                        "batch" => StandbyAs::Batch,
+                        _ => StandbyAs::Inherited,
+                    }),
                     base_nice,
                     listeners,
                     pid_file,
@@ -235,6 +254,46 @@ impl Inherited {
                 Err(e)
             }
         }
+    }
+}
+
+impl Inherited {
+    /// For a standby: waits until the supervisor that started it says
+    /// `Start` (true, with the generation number it is to have) or goes away
+    /// (false: this process is not needed). Then, as any new generation
+    /// started by a reload, it runs normally scheduled with the head start
+    /// the old generation has (see `priority`).
+    pub fn await_start(&mut self) -> Result<bool, Error> {
+        let Some(predecessor) = &self.predecessor else {
+            return Err(Error::Inherit(format!(
+                "{STANDBY} without a handover channel"
+            )));
+        };
+        // What `ps` and `top` show while it waits.
+        let _ = nix::sys::prctl::set_name(c"host-standby");
+        loop {
+            match predecessor.channel.recv() {
+                Ok(Received::Message(OldToNew::Start { generation })) => {
+                    self.generation = generation;
+                    break;
+                }
+                Ok(Received::Message(other)) => {
+                    return Err(Error::Inherit(format!(
+                        "a standby was sent {other:?} before Start"
+                    )))
+                }
+                Ok(Received::Empty) => continue,
+                Ok(Received::Closed) | Err(_) => return Ok(false),
+            }
+        }
+        let _ = nix::sys::prctl::set_name(c"host");
+        if self.standby == Some(StandbyAs::Batch) {
+            let _ = priority::set_batch(false);
+        }
+        if let Some(nice) = self.base_nice {
+            let _ = priority::set(0, nice - priority::BOOST);
+        }
+        Ok(true)
     }
 }
 
@@ -288,27 +347,128 @@ pub struct Handoff<'a> {
 /// to take over. A failed exec comes back as an error (`cannot exec <path>:
 /// <reason>`); this generation keeps serving regardless.
 pub fn spawn(handoff: &Handoff<'_>) -> Result<Successor, Error> {
+    spawn_with(handoff, Mode::Now)
+}
+
+fn spawn_with(handoff: &Handoff<'_>, mode: Mode) -> Result<Successor, Error> {
     let (ours, theirs) = OldEnd::pair().map_err(Error::os("cannot create the handover channel"))?;
-    let vars = [
+    let mut vars = vec![
         (HANDOVER_FD, theirs.as_raw_fd().to_string()),
         (PREDECESSOR, std::process::id().to_string()),
     ];
-    let pid = exec(handoff, &vars, Some(theirs.as_raw_fd()))?;
+    if let Mode::Standby { batch } = mode {
+        // What to return to on `Start`: the usual policy, if it starts as
+        // a batch job (see `spawn_standby`), or else the one it has.
+        vars.push((STANDBY, if batch { "batch" } else { "1" }.to_owned()));
+    }
+    let pid = exec(handoff, &vars, Some(theirs.as_raw_fd()), mode)?;
     // Our copy of the new generation's channel end closes here.
     drop(theirs);
     Ok(Successor { pid, channel: ours })
 }
 
+/// A next generation exec'd ahead of a reload, which waits for `Start`
+/// before it does anything else (in particular, before it copies the
+/// plugin, which may still change). It takes the exec and the host's own
+/// start-up (a couple of milliseconds of CPU) off the path between the
+/// reload signal and the new workers' first accept. It is used only if the
+/// host binary on disk is still the file it was exec'd from; a rebuilt host
+/// is exec'd afresh.
+pub struct Standby {
+    successor: Successor,
+    /// The host binary's identity when the standby was exec'd.
+    exe: Option<ExeId>,
+}
+
+/// What tells one file at a path from another, or from itself rewritten.
+#[derive(Debug, PartialEq, Eq)]
+struct ExeId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl ExeId {
+    fn of(path: &Path) -> Option<ExeId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(ExeId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// Starts a standby for the next reload (see [`Standby`]). It is scheduled
+/// as a batch job until it is started, from its fork on: it never preempts
+/// a worker that serves.
+pub fn spawn_standby(handoff: &Handoff<'_>) -> Result<Standby, Error> {
+    let exe = ExeId::of(handoff.exe);
+    // The child inherits the policy at fork, so it is a batch job before
+    // it first runs; we go back at once (allowed without privilege). A
+    // host run with another policy than the usual one keeps it throughout.
+    let batch = priority::is_usual() && priority::set_batch(true).is_ok();
+    let spawned = spawn_with(handoff, Mode::Standby { batch });
+    if batch {
+        if let Err(e) = priority::set_batch(false) {
+            tracing::warn!("cannot leave SCHED_BATCH: {e}");
+        }
+    }
+    Ok(Standby {
+        successor: spawned?,
+        exe,
+    })
+}
+
+impl Standby {
+    pub fn pid(&self) -> Pid {
+        self.successor.pid
+    }
+
+    /// Starts it as generation `generation`, if `exe` on disk is still the
+    /// binary it runs; otherwise gives it back, with why not.
+    pub fn start(self, exe: &Path, generation: u64) -> Result<Successor, (Standby, String)> {
+        if self.exe.is_none() || ExeId::of(exe) != self.exe {
+            return Err((self, format!("{} changed since it started", exe.display())));
+        }
+        match self.successor.channel.send(&OldToNew::Start { generation }) {
+            Ok(()) => Ok(self.successor),
+            Err(e) => Err((self, format!("cannot start it: {e}"))),
+        }
+    }
+
+    /// Kills it (its process group: nothing else is in it yet); the
+    /// supervisor reaps it.
+    pub fn kill(self) {
+        let _ = nix::sys::signal::killpg(self.successor.pid, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// How a generation is started.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// To start at once, with a head start when allowed.
+    Now,
+    /// As a standby, to start later; a batch job until then, if `batch`.
+    Standby { batch: bool },
+}
+
 /// Starts a generation with no predecessor, by the anchor: the first, or
 /// one that replaces a supervisor that died.
 pub fn start(handoff: &Handoff<'_>) -> Result<Pid, Error> {
-    exec(handoff, &[], None)
+    exec(handoff, &[], None, Mode::Now)
 }
 
 fn exec(
     handoff: &Handoff<'_>,
     extra_vars: &[(&str, String)],
     extra_fd: Option<RawFd>,
+    mode: Mode,
 ) -> Result<Pid, Error> {
     let listen = handoff
         .listener_fds
@@ -337,7 +497,10 @@ fn exec(
     inherit.push(handoff.anchor_fd);
     inherit.extend(extra_fd);
     inherit.extend(handoff.pid_file_fd);
-    let boosted = handoff.base_nice.map(|nice| nice - priority::BOOST);
+    let boosted = handoff
+        .base_nice
+        .filter(|_| matches!(mode, Mode::Now))
+        .map(|nice| nice - priority::BOOST);
 
     let mut command = Command::new(handoff.exe);
     if let Some((arg0, rest)) = handoff.args.split_first() {

@@ -277,6 +277,35 @@ pub fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Whether `pid` is a supervisor's standby for the next reload: a batch
+/// job (SCHED_BATCH, `/proc/PID/stat` field 41) from its fork until it is
+/// started, named `host-standby` once it runs.
+pub fn standby(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let Some((comm, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
+        else {
+            return false;
+        };
+        // Fields from the 3rd (state) on; the policy is the 41st.
+        comm == "host-standby" || rest.split_whitespace().nth(41 - 3) == Some("3")
+    })
+}
+
+/// The live standbys among the children of `pid` (see [`standby`]).
+pub fn standbys(pid: u32) -> Vec<u32> {
+    children(pid)
+        .into_iter()
+        .filter(|&c| alive(c) && standby(c))
+        .collect()
+}
+
+/// The name the kernel shows for `pid` (`/proc/PID/comm`).
+pub fn comm(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end().to_owned())
+}
+
 /// Whether `pid` is a zombie (exited, not reaped yet).
 pub fn zombie(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
@@ -369,6 +398,14 @@ impl Host {
     /// workers, and any process these forked.
     pub fn processes(&self) -> Vec<u32> {
         tagged_processes(&self.tag)
+    }
+
+    /// [`Host::processes`] but the standby for the next reload, if the
+    /// supervisor in charge has one (see [`standby`]).
+    pub fn serving_processes(&self) -> Vec<u32> {
+        let mut p = self.processes();
+        p.retain(|&p| !standby(p));
+        p
     }
 
     /// The value of [`TAG_VAR`] this host's processes carry.

@@ -69,6 +69,9 @@ pub enum NewToOld {
 /// old generation -> the one replacing it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OldToNew {
+    /// To a standby (see `reload::spawn_standby`): start now, as
+    /// generation `generation`.
+    Start { generation: u64 },
     /// My workers stopped accepting; take over.
     Released,
     /// What my worker in `slot` handed over, for yours.
@@ -162,7 +165,6 @@ impl<S: Wire, R: Wire> Channel<S, R> {
     }
 
     /// Receives one message, blocking until one arrives or the peer is gone.
-    #[cfg(test)]
     pub fn recv(&self) -> io::Result<Received<R>> {
         self.recv_with(MsgFlags::empty())
     }

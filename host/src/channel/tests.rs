@@ -48,7 +48,11 @@ fn every_message_round_trips() {
             NewToOld::Failed("x".into()),
         ],
     );
-    round_trip(&old, &new, &[OldToNew::Released]);
+    round_trip(
+        &old,
+        &new,
+        &[OldToNew::Start { generation: 7 }, OldToNew::Released],
+    );
     let (generation, anchor) = ToAnchorEnd::pair().unwrap();
     round_trip(
         &generation,

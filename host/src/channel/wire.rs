@@ -101,6 +101,10 @@ impl Wire for NewToOld {
 impl Wire for OldToNew {
     fn encode(&self, buf: &mut Vec<u8>) {
         match self {
+            OldToNew::Start { generation } => {
+                buf.push(b'G');
+                buf.extend(generation.to_le_bytes());
+            }
             OldToNew::Released => buf.push(b'H'),
             OldToNew::State { slot, state } => {
                 buf.push(b'T');
@@ -112,6 +116,9 @@ impl Wire for OldToNew {
 
     fn decode(tag: u8, payload: &[u8]) -> Option<Self> {
         match (tag, payload) {
+            (b'G', generation) => Some(OldToNew::Start {
+                generation: u64::from_le_bytes(generation.try_into().ok()?),
+            }),
             (b'H', []) => Some(OldToNew::Released),
             (b'T', [a, b, c, d, state @ ..]) => Some(OldToNew::State {
                 slot: u32::from_le_bytes([*a, *b, *c, *d]),

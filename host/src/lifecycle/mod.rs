@@ -347,6 +347,12 @@ impl Machine {
         self.slots.iter().filter(|s| crashes(s) >= 2).count()
     }
 
+    /// Whether a standby for the next reload is worth keeping: in charge,
+    /// no reload in flight, and a plugin that says it can hot-reload.
+    pub fn wants_standby(&self) -> bool {
+        matches!(self.life, Life::Serving { reload: None }) && self.can_hot_reload == Some(true)
+    }
+
     /// The next generation, while it starts or once it took over from us:
     /// our child, and the one our workers' state goes to.
     pub fn successor(&self) -> Option<Pid> {

@@ -618,3 +618,40 @@ fn a_zero_respawn_delay_still_backs_off() {
         .collect();
     assert_eq!(delays, [0, 0, 200, 400, 800]);
 }
+
+/// A standby for the next reload is wanted only in charge, with no reload
+/// in flight, and a plugin that can hot-reload.
+#[test]
+fn a_standby_is_wanted_only_while_serving_idle_with_a_plugin_that_can_hot_reload() {
+    type Step = fn(&mut Given);
+    let rows: [(&str, Step, bool); 5] = [
+        ("serving", |_| {}, true),
+        (
+            "a reload in flight",
+            |g| drop(g.when(1, [Event::ReloadSignal, Event::Spawned(Ok(pid(NEW)))])),
+            false,
+        ),
+        (
+            "the reload failed",
+            |g| {
+                g.when(1, [Event::ReloadSignal, Event::Spawned(Ok(pid(NEW)))]);
+                g.when(2, [Event::Successor(NewToOld::Failed("no".into()))]);
+            },
+            true,
+        ),
+        ("stopping", |g| drop(g.when(1, [stop("SIGTERM")])), false),
+        (
+            "a plugin that cannot hot-reload",
+            |g| g.m.can_hot_reload = Some(false),
+            false,
+        ),
+    ];
+    for (name, step, wanted) in rows {
+        let mut g = serving(1);
+        step(&mut g);
+        assert_eq!(g.m.wants_standby(), wanted, "{name}");
+    }
+    let mut starting = Machine::new(1, 1, timing(), None, Instant::now());
+    starting.start();
+    assert!(!starting.wants_standby(), "starting");
+}

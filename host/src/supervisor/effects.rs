@@ -8,7 +8,7 @@ use nix::sys::signal::{kill, killpg, Signal};
 use super::runtime::{Outcome, Runtime};
 use crate::channel::OldToNew;
 use crate::error::Error;
-use crate::lifecycle::{Effect, Event};
+use crate::lifecycle::{Effect, Event, Life};
 use crate::priority;
 use crate::reload::{self, Handoff};
 
@@ -101,13 +101,43 @@ impl Runtime {
     }
 
     /// Starts the next generation with a CPU head start, when allowed: the
-    /// whole takeover runs boosted, our part of it (stepping aside) too.
+    /// whole takeover runs boosted, our part of it (stepping aside) too. The
+    /// standby is that generation if it is still the host binary on disk.
     fn spawn_successor(&mut self, generation: u64) -> Event {
         let base_nice = priority::current().unwrap_or(0);
         if priority::set(0, base_nice - priority::BOOST).is_ok() {
             self.base_nice = Some(base_nice);
         }
-        let handoff = Handoff {
+        // A reload began: the next time we are in charge and idle, a new
+        // standby is due.
+        self.standby_started = false;
+        if let Some(standby) = self.standby.take() {
+            match standby.start(&self.config.exe, generation) {
+                Ok(successor) => {
+                    let pid = successor.pid;
+                    tracing::debug!("generation {generation} starts from the standby, pid {pid}");
+                    self.successor = Some(successor);
+                    return Event::Spawned(Ok(pid));
+                }
+                Err((standby, why)) => {
+                    tracing::info!("not using the standby (pid {}): {why}", standby.pid());
+                    standby.kill();
+                }
+            }
+        }
+        match reload::spawn(&self.handoff(generation, Some(base_nice))) {
+            Ok(successor) => {
+                let pid = successor.pid;
+                self.successor = Some(successor);
+                Event::Spawned(Ok(pid))
+            }
+            Err(e) => Event::Spawned(Err(e.to_string())),
+        }
+    }
+
+    /// What the next generation inherits.
+    fn handoff(&self, generation: u64, base_nice: Option<i32>) -> Handoff<'_> {
+        Handoff {
             exe: &self.config.exe,
             args: &self.config.args,
             generation,
@@ -116,15 +146,30 @@ impl Runtime {
             anchor_fd: self.anchor.channel.as_raw_fd(),
             anchor_pid: self.anchor.pid,
             anchor_since: self.anchor.since,
-            base_nice: Some(base_nice),
-        };
-        match reload::spawn(&handoff) {
-            Ok(successor) => {
-                let pid = successor.pid;
-                self.successor = Some(successor);
-                Event::Spawned(Ok(pid))
+            base_nice,
+        }
+    }
+
+    /// Keeps a standby ready while in charge and idle, with a plugin that
+    /// can hot-reload, and none once stopping (see `reload::Standby`).
+    pub(super) fn tend_standby(&mut self) {
+        if self.machine.wants_standby() {
+            if self.standby.is_none() && !self.standby_started {
+                self.standby_started = true;
+                let base_nice = priority::current().ok();
+                let next = self.machine.generation + 1;
+                match reload::spawn_standby(&self.handoff(next, base_nice)) {
+                    Ok(standby) => {
+                        tracing::debug!("standby for the next reload: pid {}", standby.pid());
+                        self.standby = Some(standby);
+                    }
+                    Err(e) => tracing::warn!("cannot start a standby for the next reload: {e}"),
+                }
             }
-            Err(e) => Event::Spawned(Err(e.to_string())),
+        } else if matches!(self.machine.life, Life::Stopping { .. }) {
+            if let Some(standby) = self.standby.take() {
+                standby.kill();
+            }
         }
     }
 

@@ -99,11 +99,16 @@ impl Config {
 /// Runs one generation's supervisor until it stops: started by the anchor
 /// (no predecessor) or by the generation it replaces.
 pub fn run(config: Config, env: InheritedEnv) -> Result<(), Error> {
-    let inherited = Inherited::adopt(env)?;
+    let mut inherited = Inherited::adopt(env)?;
+    if inherited.standby.is_some() && !inherited.await_start()? {
+        // The generation that started us stopped, or moved on without us.
+        return Ok(());
+    }
     logging::set_identity(Role::Supervisor, inherited.generation);
     let started = Instant::now();
     let Inherited {
         generation,
+        standby: _,
         base_nice,
         listeners,
         pid_file,

@@ -21,7 +21,7 @@ use crate::lifecycle::{Event, Exit, Life, Machine};
 use crate::listeners::Listeners;
 use crate::pidfile::PidFile;
 use crate::process::describe_exit;
-use crate::reload::{Anchor, Predecessor, Successor};
+use crate::reload::{Anchor, Predecessor, Standby, Successor};
 use crate::signals::{self, Signals};
 use crate::snapshot::Snapshot;
 
@@ -45,6 +45,12 @@ pub struct Runtime {
     pub(super) workers: Vec<WorkerLink>,
     /// While a reload is in flight: the generation we started.
     pub(super) successor: Option<Successor>,
+    /// While in charge with no reload in flight: the next generation,
+    /// exec'd and waiting (see `reload::Standby`).
+    pub(super) standby: Option<Standby>,
+    /// Whether a standby was started since the last reload began: one that
+    /// died is not replaced until then.
+    pub(super) standby_started: bool,
     /// While starting under a previous generation: that generation.
     pub(super) predecessor: Option<Predecessor>,
     /// While boosted (see `priority`): the nice value to return to.
@@ -91,6 +97,8 @@ impl Runtime {
             anchor,
             workers: Vec::new(),
             successor: None,
+            standby: None,
+            standby_started: false,
             predecessor,
             base_nice,
             trimmed: false,
@@ -153,6 +161,7 @@ impl Runtime {
         {
             self.successor = None;
         }
+        self.tend_standby();
         // Once in charge, off the reload's critical path: only the code the
         // supervisor runs stays resident (see `footprint`).
         if !self.trimmed && matches!(self.machine.life, Life::Serving { .. }) {
@@ -289,6 +298,12 @@ impl Runtime {
         while let Some(p) = &self.predecessor {
             match p.channel.try_recv() {
                 Ok(Received::Message(OldToNew::Released)) => events.push(Event::Released),
+                Ok(Received::Message(OldToNew::Start { .. })) => {
+                    tracing::warn!(
+                        "ignored: Start from pid {}, which did not start us as a standby",
+                        p.pid
+                    )
+                }
                 Ok(Received::Message(OldToNew::State { slot, state })) => {
                     events.push(Event::InheritedState {
                         slot: slot as usize,
@@ -343,6 +358,9 @@ impl Runtime {
                 // orphaned to us (the child subreaper).
                 kill_escaped_orphans();
                 events.push(Event::WorkerExited { pid, exit });
+            } else if self.standby.as_ref().is_some_and(|s| s.pid() == pid) {
+                self.standby = None;
+                tracing::warn!("the standby for the next reload (pid {pid}) {}", exit.how);
             } else if self.successor.as_ref().is_some_and(|s| s.pid == pid) {
                 // It may have said why before exiting.
                 self.successor_messages(events);
