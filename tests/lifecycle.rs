@@ -440,13 +440,11 @@ fn new_worker_killed_before_go_after_the_old_stepped_aside_lets_the_old_resume()
 #[test]
 fn new_supervisor_killed_while_taking_over_leaves_the_old_generation_serving() {
     let dir = temp_dir();
-    let plugin = build_plugin("hello-http", None, &dir.path().join("libhello.so"));
-    let pid_file = dir.path().join("hello.pid");
-    let host = start_host(
+    let pid_file = dir.path().join("faulty.pid");
+    let faulty = start_faulty(
         dir.path(),
+        "http",
         &[
-            "--plugin",
-            plugin.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
             "--pid-file",
@@ -456,18 +454,21 @@ fn new_supervisor_killed_while_taking_over_leaves_the_old_generation_serving() {
         ],
         &[],
     );
-    host.wait_serving();
+    let host = &faulty.host;
     let old = host.supervisor();
     let addr = host.listen_addr();
     assert_eq!(identity(&http_get(addr).unwrap()).0, 1);
 
+    // Generation 2's worker takes 300 ms to be ready: time to stop the old
+    // supervisor before it hears that, so the takeover cannot complete.
+    std::fs::write(&faulty.mode, "http-slow-ready").unwrap();
     signal(old, Signal::SIGUSR2);
-    let new_supervisor = new_supervisor_pid(&host, 2);
+    let new_supervisor = new_supervisor_pid(host, 2);
     signal(old, Signal::SIGSTOP);
     host.wait_for_log(&format!("asking pid {old} to step aside"), LONG);
     assert!(
         !host.log_text().contains("took over from pid"),
-        "precondition: the takeover had not completed (machine too slow?)"
+        "precondition: the takeover had not completed"
     );
     signal(new_supervisor, Signal::SIGKILL);
     // Dead (a zombie of the stopped old one) before the old one goes on.

@@ -455,6 +455,12 @@ fn run(server: &mut dyn Server, o: &Options) -> Run {
     let mut signals = Vec::with_capacity(o.reloads as usize);
     for generation in 2..o.reloads + 2 {
         signals.push(Instant::now());
+        if std::env::var_os("BENCH_GAPS").is_some() {
+            let _ = std::fs::write(
+                "/sys/kernel/tracing/trace_marker",
+                format!("reload {} signal", generation - 2),
+            );
+        }
         server.signal_reload(&load, generation - 1);
         load.wait_for(generation);
         server.settle(generation);

@@ -88,9 +88,11 @@ fn many_reloads_leave_the_footprint_flat() {
         signal(supervisor, Signal::SIGUSR2);
         supervisor = next_serving(&pid_file, supervisor);
         if [1, 10, 100, 1000].contains(&n) || n == reloads {
-            // The old generation drains and exits before the sample.
-            eventually("one generation left", LONG, || {
-                (children(host.pid()) == [supervisor]).then_some(())
+            // The old generation drains and exits, and the new one has its
+            // standby for the next reload, before the sample.
+            eventually("one generation left, with its standby", LONG, || {
+                (children(host.pid()) == [supervisor] && standbys(supervisor).len() == 1)
+                    .then_some(())
             });
             let sample = (
                 n,

@@ -405,22 +405,14 @@ impl ExeId {
 }
 
 /// Starts a standby for the next reload (see [`Standby`]). It is scheduled
-/// as a batch job until it is started, from its fork on: it never preempts
-/// a worker that serves.
+/// as a batch job until it is started, from before its exec: it never
+/// preempts a worker that serves.
 pub fn spawn_standby(handoff: &Handoff<'_>) -> Result<Standby, Error> {
     let exe = ExeId::of(handoff.exe);
-    // The child inherits the policy at fork, so it is a batch job before
-    // it first runs; we go back at once (allowed without privilege). A
-    // host run with another policy than the usual one keeps it throughout.
-    let batch = priority::is_usual() && priority::set_batch(true).is_ok();
-    let spawned = spawn_with(handoff, Mode::Standby { batch });
-    if batch {
-        if let Err(e) = priority::set_batch(false) {
-            tracing::warn!("cannot leave SCHED_BATCH: {e}");
-        }
-    }
+    // A host run with another policy than the usual one keeps it throughout.
+    let batch = priority::is_usual();
     Ok(Standby {
-        successor: spawned?,
+        successor: spawn_with(handoff, Mode::Standby { batch })?,
         exe,
     })
 }
@@ -501,6 +493,7 @@ fn exec(
         .base_nice
         .filter(|_| matches!(mode, Mode::Now))
         .map(|nice| nice - priority::BOOST);
+    let batch = matches!(mode, Mode::Standby { batch: true });
 
     let mut command = Command::new(handoff.exe);
     if let Some((arg0, rest)) = handoff.args.split_first() {
@@ -515,7 +508,7 @@ fn exec(
         .process_group(0);
     // Runs in the child between fork and exec (see the SAFETY note on
     // `pre_exec` below): async-signal-safe calls only, no allocation, no
-    // lock, no logging; it only reads `inherit` and `boosted`.
+    // lock, no logging; it only reads `inherit`, `boosted` and `batch`.
     let in_child = move || -> io::Result<()> {
         // std empties the signal mask in the child before running this
         // closure, so block everything again, first thing. Signals stay
@@ -542,13 +535,18 @@ fn exec(
         if let Some(nice) = boosted {
             let _ = priority::set(0, nice);
         }
+        // A standby waits as a batch job (sched_setscheduler: a system
+        // call, no allocation).
+        if batch {
+            let _ = priority::set_batch(true);
+        }
         Ok(())
     };
     // SAFETY: the closure runs in the forked child of the supervisor, which
     // is single-threaded, so the child is a faithful copy with no lock held
     // by a vanished thread. Even so, the closure makes only
     // async-signal-safe calls (sigfillset, pthread_sigmask, fcntl,
-    // setpriority), allocates nothing, takes no lock, logs nothing, and
+    // setpriority, sched_setscheduler), allocates nothing, takes no lock, logs nothing, and
     // touches only data computed above, before the fork.
     unsafe { command.pre_exec(in_child) };
     // std reports a failed exec here, having reaped that child itself. On

@@ -39,11 +39,37 @@ pub struct Snapshot {
     memfd: OwnedFd,
 }
 
+/// An in-memory file with its pages allocated for a plugin's copy, made
+/// ahead of [`Snapshot::take`] (by a standby, see `reload::Standby`):
+/// allocating the pages is most of what a copy costs (for hello-http,
+/// 0.26 of 0.58 ms, and the copy into allocated pages 0.16 ms).
+pub struct Room(OwnedFd);
+
+impl Room {
+    /// Room for the plugin at `path` as it is now; `None` if it cannot be
+    /// read (the snapshot will say why) or the room cannot be made.
+    pub fn reserve(path: &Path) -> Option<Room> {
+        let file = File::open(path).ok()?;
+        let len = file.metadata().ok()?.len();
+        let needed = loaded_extent(&file, len).unwrap_or(len);
+        let memfd = new_memfd().ok()?;
+        nix::fcntl::posix_fallocate(&memfd, 0, i64::try_from(needed).ok()?).ok()?;
+        Some(Room(memfd))
+    }
+}
+
+fn new_memfd() -> nix::Result<OwnedFd> {
+    memfd_create(
+        c"host-plugin",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+}
+
 impl Snapshot {
-    /// Copies the plugin at `path`, after checking that nobody else can
-    /// change it (unless `insecure`, see the module docs) and that it is a
-    /// shared library.
-    pub fn take(path: &Path, insecure: bool) -> Result<Snapshot, Error> {
+    /// Copies the plugin at `path` (into `room`, if given), after checking
+    /// that nobody else can change it (unless `insecure`, see the module
+    /// docs) and that it is a shared library.
+    pub fn take(path: &Path, insecure: bool, room: Option<Room>) -> Result<Snapshot, Error> {
         let bad = |problem: String| Error::plugin(path, problem);
         let file = File::open(path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => {
@@ -68,11 +94,11 @@ impl Snapshot {
         if !insecure {
             check_trusted(path, &meta)?;
         }
-        let memfd = memfd_create(
-            c"host-plugin",
-            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-        )
-        .map_err(|e| bad(format!("cannot create the in-memory snapshot: {e}")))?;
+        let memfd = match room {
+            Some(Room(memfd)) => memfd,
+            None => new_memfd()
+                .map_err(|e| bad(format!("cannot create the in-memory snapshot: {e}")))?,
+        };
         // Only what the loader maps: the ELF and program headers and the
         // segments. Section headers, symbol tables and debug information
         // past them are never read by dlopen, and for a large plugin they
@@ -84,6 +110,9 @@ impl Snapshot {
         let mut copy = File::from(memfd);
         let len = io::copy(&mut (&file).take(needed), &mut copy)
             .map_err(|e| bad(format!("cannot copy into the snapshot: {e}")))?;
+        // A room made for a larger plugin keeps no bytes past the copy.
+        copy.set_len(len)
+            .map_err(|e| bad(format!("cannot size the snapshot: {e}")))?;
         // The copy itself must hold together: the file may have been
         // rewritten between the two reads.
         check_elf(&copy, len).map_err(|problem| bad(problem.into()))?;

@@ -49,6 +49,9 @@ pub enum FromWorker {
     Loaded { can_hot_reload: bool },
     /// The plugin called `ready_to_take_over`.
     Ready,
+    /// `ready_to_take_over` returned (after `Go`): the plugin accepts from
+    /// now on.
+    Serving,
     /// Why the worker is giving up.
     Failed(String),
     /// State for the next generation's worker of the same slot.

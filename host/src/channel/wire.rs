@@ -55,6 +55,7 @@ impl Wire for FromWorker {
         match self {
             FromWorker::Loaded { can_hot_reload } => buf.extend([b'L', u8::from(*can_hot_reload)]),
             FromWorker::Ready => buf.push(b'R'),
+            FromWorker::Serving => buf.push(b'S'),
             FromWorker::Failed(reason) => {
                 buf.push(b'F');
                 push_text(buf, reason);
@@ -69,6 +70,7 @@ impl Wire for FromWorker {
                 can_hot_reload: *flag == 1,
             }),
             (b'R', []) => Some(FromWorker::Ready),
+            (b'S', []) => Some(FromWorker::Serving),
             (b'F', reason) => Some(FromWorker::Failed(text(reason))),
             (b'T', state) => Some(FromWorker::State(state.to_vec())),
             _ => None,

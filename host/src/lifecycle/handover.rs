@@ -78,26 +78,21 @@ impl Machine {
         let Life::Starting { predecessor } = self.life else {
             return;
         };
-        let states = || {
-            self.slots.iter().map(|s| match s {
-                Slot::Running(w) => Some(w.state),
-                Slot::Empty { .. } => None,
-            })
+        let states = |slots: &[Slot]| -> Vec<Option<WorkerState>> {
+            slots
+                .iter()
+                .map(|s| match s {
+                    Slot::Running(w) => Some(w.state),
+                    Slot::Empty { .. } => None,
+                })
+                .collect()
         };
         if !self.inherited {
             // Started once every plugin is built and, if it can hot-reload
             // (and so calls ready_to_take_over), initialised.
-            let started = states().all(|s| {
-                matches!(
-                    s,
-                    Some(
-                        WorkerState::Ready
-                            | WorkerState::Loaded {
-                                can_hot_reload: false
-                            }
-                    )
-                )
-            });
+            let started = states(&self.slots)
+                .into_iter()
+                .all(|s| s.is_some_and(WorkerState::initialised));
             if started {
                 self.life = Life::Serving { reload: None };
                 // The anchor wrote its own pid until a generation serves.
@@ -112,15 +107,26 @@ impl Machine {
             }
             return;
         }
-        if !states().all(|s| s == Some(WorkerState::Ready)) {
+        let ready = |s: Option<WorkerState>| {
+            matches!(
+                s,
+                Some(WorkerState::Ready | WorkerState::Going | WorkerState::Serving)
+            )
+        };
+        if !states(&self.slots).into_iter().all(ready) {
             return;
         }
         // Every worker is ready: let them accept now, beside the old ones,
         // so that no moment passes with nobody accepting; the old workers
-        // stop once asked below. Until the takeover is confirmed the old
-        // generation stays in charge, and if this one fails, its workers
-        // finish what they accepted.
+        // are asked to stop below, once every new one says it accepts.
+        // Until the takeover is confirmed the old generation stays in
+        // charge, and if this one fails, its workers finish what they
+        // accepted.
         self.send_go(fx);
+        let serving = states(&self.slots);
+        if !serving.iter().all(|s| *s == Some(WorkerState::Serving)) {
+            return;
+        }
         match predecessor {
             Some(predecessor) => {
                 tracing::info!(
@@ -134,12 +140,18 @@ impl Machine {
         }
     }
 
-    fn send_go(&self, fx: &mut Vec<Effect>) {
-        for w in self.running() {
-            fx.push(Effect::Send {
-                pid: w.pid,
-                message: ToWorker::Go,
-            });
+    /// `Go` to each worker that is ready and was not sent it yet.
+    fn send_go(&mut self, fx: &mut Vec<Effect>) {
+        for slot in &mut self.slots {
+            if let Slot::Running(w) = slot {
+                if w.state == WorkerState::Ready {
+                    w.state = WorkerState::Going;
+                    fx.push(Effect::Send {
+                        pid: w.pid,
+                        message: ToWorker::Go,
+                    });
+                }
+            }
         }
     }
 
@@ -150,7 +162,7 @@ impl Machine {
         let every_slot_ready = self
             .slots
             .iter()
-            .all(|s| matches!(s, Slot::Running(w) if w.state == WorkerState::Ready));
+            .all(|s| matches!(s, Slot::Running(w) if w.state == WorkerState::Serving));
         if every_slot_ready {
             self.take_over(now, fx);
         } else {

@@ -137,6 +137,26 @@ pub enum WorkerState {
     },
     /// It called `ready_to_take_over`.
     Ready,
+    /// It was sent `Go`.
+    Going,
+    /// Its `ready_to_take_over` returned: it accepts.
+    Serving,
+}
+
+impl WorkerState {
+    /// Whether its plugin is initialised: ready, or built if it cannot
+    /// hot-reload (and so never says ready).
+    pub fn initialised(self) -> bool {
+        matches!(
+            self,
+            WorkerState::Ready
+                | WorkerState::Going
+                | WorkerState::Serving
+                | WorkerState::Loaded {
+                    can_hot_reload: false
+                }
+        )
+    }
 }
 
 /// A worker told to stop, finishing what it holds.
@@ -330,12 +350,10 @@ impl Machine {
     /// if it cannot hot-reload) in a generation in charge.
     pub fn watched(&self, pid: Pid) -> bool {
         matches!(self.life, Life::Serving { .. })
-            && self.slots.iter().any(|s| {
-                matches!(s, Slot::Running(w) if w.pid == pid && matches!(
-                    w.state,
-                    WorkerState::Ready | WorkerState::Loaded { can_hot_reload: false }
-                ))
-            })
+            && self
+                .slots
+                .iter()
+                .any(|s| matches!(s, Slot::Running(w) if w.pid == pid && w.state.initialised()))
     }
 
     /// How many slots back off because their workers keep dying young.

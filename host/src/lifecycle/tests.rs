@@ -151,6 +151,9 @@ fn taking_over(workers: usize) -> Given {
     for slot in 0..workers {
         g.when(0, [from(101 + slot as i32, FromWorker::Ready)]);
     }
+    for slot in 0..workers {
+        g.when(0, [from(101 + slot as i32, FromWorker::Serving)]);
+    }
     assert_eq!(
         g.m.life,
         Life::TakingOver {
@@ -401,20 +404,50 @@ fn transitions() {
             |_, fx| assert_eq!(fx, [Effect::ForkWorker { slot: 0, go: true }]),
         ),
         (
-            "new generation: every worker ready gets Go (accepting beside the old ones), then the predecessor is asked to step aside, by message",
+            "new generation: every worker ready gets Go (accepting beside the old ones), once",
             || new_generation_loaded(2),
             1,
             vec![from(101, FromWorker::Ready), from(102, FromWorker::Ready)],
             |g, fx| {
-                assert_eq!(
-                    fx,
-                    [
-                        send(101, ToWorker::Go),
-                        send(102, ToWorker::Go),
-                        Effect::ToPredecessor(NewToOld::ReadyToTakeOver),
-                    ]
-                );
+                assert_eq!(fx, [send(101, ToWorker::Go), send(102, ToWorker::Go)]);
+                assert!(matches!(g.m.life, Life::Starting { .. }));
                 assert!(!g.m.in_charge());
+            },
+        ),
+        (
+            "new generation: not before every worker is ready",
+            || new_generation_loaded(2),
+            1,
+            vec![from(101, FromWorker::Ready)],
+            |_, fx| assert!(fx.is_empty()),
+        ),
+        (
+            "new generation: once every worker says it accepts, the predecessor is asked to step aside, by message",
+            || new_generation_loaded(2),
+            1,
+            vec![
+                from(101, FromWorker::Ready),
+                from(102, FromWorker::Ready),
+                from(101, FromWorker::Serving),
+                from(102, FromWorker::Serving),
+            ],
+            |g, fx| {
+                assert_eq!(fx, [Effect::ToPredecessor(NewToOld::ReadyToTakeOver)]);
+                assert!(!g.m.in_charge());
+            },
+        ),
+        (
+            "new generation: one worker accepting is not enough",
+            || new_generation_loaded(2),
+            1,
+            vec![
+                from(101, FromWorker::Ready),
+                from(102, FromWorker::Ready),
+                from(101, FromWorker::Serving),
+            ],
+            |g, fx| {
+                assert!(fx.is_empty());
+                assert!(matches!(g.m.life, Life::Starting { .. }));
             },
         ),
         (

@@ -198,6 +198,7 @@ impl Machine {
                 }
             }
             FromWorker::Ready => w.state = WorkerState::Ready,
+            FromWorker::Serving => w.state = WorkerState::Serving,
             FromWorker::Failed(reason) => w.failure = Some(reason),
             FromWorker::State(_) => {
                 tracing::debug!("worker pid {pid}: state ignored: it was not asked to hand over")
@@ -383,13 +384,6 @@ impl Machine {
     }
 
     // ---- lookups ----
-
-    pub(super) fn running(&self) -> impl Iterator<Item = &Worker> {
-        self.slots.iter().filter_map(|s| match s {
-            Slot::Running(w) => Some(w),
-            Slot::Empty { .. } => None,
-        })
-    }
 
     fn running_mut(&mut self, pid: Pid) -> Option<&mut Worker> {
         self.slots.iter_mut().find_map(|s| match s {

@@ -27,7 +27,7 @@ use crate::logging::{self, Role};
 use crate::pidfile::PidFile;
 use crate::reload::{Anchor, Inherited, InheritedEnv, Predecessor};
 use crate::signals;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Room, Snapshot};
 
 use runtime::Runtime;
 
@@ -100,10 +100,19 @@ impl Config {
 /// (no predecessor) or by the generation it replaces.
 pub fn run(config: Config, env: InheritedEnv) -> Result<(), Error> {
     let mut inherited = Inherited::adopt(env)?;
-    if inherited.standby.is_some() && !inherited.await_start()? {
-        // The generation that started us stopped, or moved on without us.
-        return Ok(());
-    }
+    let room = match inherited.standby {
+        Some(_) => {
+            // Room for the snapshot now; the copy waits for the start, as
+            // the plugin may yet change.
+            let room = Room::reserve(&config.plugin);
+            if !inherited.await_start()? {
+                // The generation that started us stopped, or moved on without us.
+                return Ok(());
+            }
+            room
+        }
+        None => None,
+    };
     logging::set_identity(Role::Supervisor, inherited.generation);
     let started = Instant::now();
     let Inherited {
@@ -116,7 +125,7 @@ pub fn run(config: Config, env: InheritedEnv) -> Result<(), Error> {
         predecessor,
     } = inherited;
     let setup = || {
-        let snapshot = Snapshot::take(&config.plugin, config.insecure_plugin_path)?;
+        let snapshot = Snapshot::take(&config.plugin, config.insecure_plugin_path, room)?;
         tracing::debug!("plugin snapshot taken at {:?}", started.elapsed());
         let listeners = Listeners::inherit(listeners)?;
         if listeners.len() != config.listen.len() {

@@ -25,6 +25,7 @@ pub(super) struct LinkState {
     pub(super) go: bool,
     pub(super) stop: bool,
     pub(super) ready_sent: bool,
+    pub(super) serving_sent: bool,
     /// Why it stops (`plugin_api::ffi::STOP_*`), from the first stop.
     pub(super) reason: u8,
     /// When it will be killed, if anyone will.
@@ -99,12 +100,13 @@ impl Link {
                         self.update(|s| s.inherited = Some(state))
                     }
                     Ok(Received::Message(ToWorker::Go)) => {
+                        // The plugin first: it accepts as soon as it can.
+                        self.update(|s| s.go = true);
                         if let Some(nice) = self.base_nice {
                             if let Err(e) = priority::set_all_threads(nice) {
                                 tracing::warn!("cannot return to nice {nice}: {e}");
                             }
                         }
-                        self.update(|s| s.go = true);
                     }
                     Ok(Received::Message(ToWorker::Stop(reason))) => {
                         return match reason {
@@ -182,10 +184,18 @@ impl Link {
             .wait_while(state, |s| !s.go && !s.stop)
             .unwrap_or_else(PoisonError::into_inner);
         if state.stop {
-            Err("this worker was asked to stop before it could take over".to_owned())
-        } else {
-            Ok(())
+            return Err("this worker was asked to stop before it could take over".to_owned());
         }
+        if !state.serving_sent {
+            let mut state = state;
+            state.serving_sent = true;
+            // The old generation is asked to stop accepting once every new
+            // worker says this.
+            self.channel
+                .send(&FromWorker::Serving)
+                .map_err(|e| format!("cannot tell the supervisor: {e}"))?;
+        }
+        Ok(())
     }
 
     /// The plugin ends the worker (`StopToken::fail`, or a panic on one of
