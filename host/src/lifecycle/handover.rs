@@ -107,21 +107,13 @@ impl Machine {
             }
             return;
         }
-        let ready = |s: Option<WorkerState>| {
-            matches!(
-                s,
-                Some(WorkerState::Ready | WorkerState::Going | WorkerState::Serving)
-            )
-        };
-        if !states(&self.slots).into_iter().all(ready) {
-            return;
-        }
-        // Every worker is ready: let them accept now, beside the old ones,
-        // so that no moment passes with nobody accepting; the old workers
-        // are asked to stop below, once every new one says it accepts.
-        // Until the takeover is confirmed the old generation stays in
-        // charge, and if this one fails, its workers finish what they
-        // accepted.
+        // Each worker that is ready accepts from now on, beside the old
+        // ones (and beside the new ones still starting), so that the new
+        // code serves as soon as one worker can, and no moment passes with
+        // nobody accepting. The old workers are asked to stop only once
+        // every new one says it accepts. Until the takeover is confirmed
+        // the old generation stays in charge, and if this one fails, its
+        // workers finish what they accepted.
         self.send_go(fx);
         let serving = states(&self.slots);
         if !serving.iter().all(|s| *s == Some(WorkerState::Serving)) {
@@ -130,7 +122,7 @@ impl Machine {
         match predecessor {
             Some(predecessor) => {
                 tracing::info!(
-                    "all workers ready in {:?}: asking pid {predecessor} to step aside",
+                    "all workers accept in {:?}: asking pid {predecessor} to step aside",
                     now - self.started
                 );
                 fx.push(Effect::ToPredecessor(NewToOld::ReadyToTakeOver));

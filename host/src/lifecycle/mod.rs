@@ -297,6 +297,12 @@ pub struct Machine {
     /// Reloads asked of this generation, and why the last did not happen.
     pub reloads: u64,
     pub last_reload: String,
+    /// How many workers may load the plugin at once while the generation
+    /// starts (the CPUs it may use): a few workers ready soon serve sooner
+    /// than all of them ready late, and the rest follow.
+    pub start_at_once: usize,
+    /// The first slot not forked yet while the generation starts.
+    next_start: usize,
 }
 
 impl Machine {
@@ -323,6 +329,8 @@ impl Machine {
             can_hot_reload: None,
             inherited: predecessor.is_some(),
             started: now,
+            start_at_once: usize::MAX,
+            next_start: 0,
             reloads: 0,
             last_reload: String::new(),
         }

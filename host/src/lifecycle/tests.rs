@@ -404,22 +404,25 @@ fn transitions() {
             |_, fx| assert_eq!(fx, [Effect::ForkWorker { slot: 0, go: true }]),
         ),
         (
-            "new generation: every worker ready gets Go (accepting beside the old ones), once",
+            "new generation: each worker gets Go (accepting beside the old ones) as soon as it is ready, once",
             || new_generation_loaded(2),
             1,
-            vec![from(101, FromWorker::Ready), from(102, FromWorker::Ready)],
+            vec![from(101, FromWorker::Ready)],
             |g, fx| {
-                assert_eq!(fx, [send(101, ToWorker::Go), send(102, ToWorker::Go)]);
+                assert_eq!(fx, [send(101, ToWorker::Go)]);
                 assert!(matches!(g.m.life, Life::Starting { .. }));
                 assert!(!g.m.in_charge());
             },
         ),
         (
-            "new generation: not before every worker is ready",
+            "new generation: the next ready worker gets its Go, the first none again",
             || new_generation_loaded(2),
             1,
-            vec![from(101, FromWorker::Ready)],
-            |_, fx| assert!(fx.is_empty()),
+            vec![from(101, FromWorker::Ready), from(102, FromWorker::Ready)],
+            |g, fx| {
+                assert_eq!(fx, [send(102, ToWorker::Go)]);
+                assert!(matches!(g.m.life, Life::Starting { .. }));
+            },
         ),
         (
             "new generation: once every worker says it accepts, the predecessor is asked to step aside, by message",
@@ -687,4 +690,41 @@ fn a_standby_is_wanted_only_while_serving_idle_with_a_plugin_that_can_hot_reload
     let mut starting = Machine::new(1, 1, timing(), None, Instant::now());
     starting.start();
     assert!(!starting.wants_standby(), "starting");
+}
+
+/// A generation starts at most `start_at_once` workers loading at a time:
+/// each one ready (or built, if it cannot hot-reload) lets the next start,
+/// and the first ready gets its `Go` before the last is forked.
+#[test]
+fn workers_start_a_few_at_a_time() {
+    let t0 = Instant::now();
+    let mut m = Machine::new(2, 4, timing(), Some(pid(OLD)), t0);
+    m.start_at_once = 2;
+    let forks = |fx: &[Effect]| -> Vec<usize> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::ForkWorker { slot, go: false } => Some(*slot),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(forks(&m.start()), [0, 1]);
+    // Each fork is answered before any other event (see `supervisor::effects`).
+    m.handle(forked(0), t0);
+    m.handle(forked(1), t0);
+    for w in [101, 102] {
+        assert_eq!(forks(&m.handle(loaded(w), t0)), [] as [usize; 0]);
+    }
+    let fx = m.handle(from(101, FromWorker::Ready), t0);
+    assert_eq!(forks(&fx), [2]);
+    assert!(fx.contains(&send(101, ToWorker::Go)));
+    m.handle(forked(2), t0);
+    let fx = m.handle(from(102, FromWorker::Ready), t0);
+    assert_eq!(forks(&fx), [3]);
+    m.handle(forked(3), t0);
+    // Nothing left to start.
+    assert_eq!(
+        forks(&m.handle(from(103, FromWorker::Ready), t0)),
+        [] as [usize; 0]
+    );
 }

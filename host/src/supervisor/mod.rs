@@ -146,13 +146,14 @@ pub fn run(config: Config, env: InheritedEnv) -> Result<(), Error> {
         };
         Ok((snapshot, listeners, pid_file))
     };
-    let machine = Machine::new(
+    let mut machine = Machine::new(
         generation,
         config.workers,
         config.timing(),
         predecessor.as_ref().map(|p| p.pid),
         started,
     );
+    machine.start_at_once = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (snapshot, listeners, pid_file) = match setup() {
         Ok(parts) => parts,
         Err(e) => {
