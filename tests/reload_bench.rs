@@ -719,9 +719,13 @@ fn main() {
             "--workers",
             &workers,
         ],
-        &[("HOST_LOG", "info")],
+        &[(
+            "HOST_LOG",
+            &std::env::var("BENCH_HOST_LOG").unwrap_or_else(|_| "info".into()),
+        )],
     );
     host.wait_serving();
+
     let mut host = HostServer {
         addr: host.listen_addr(),
         supervisor: host.supervisor(),
@@ -729,6 +733,9 @@ fn main() {
         host,
     };
     let host_figures = figures(run(&mut host, &o));
+    if let Some(to) = std::env::var_os("BENCH_HOST_LOG_COPY") {
+        let _ = std::fs::copy(&host.host.log, to);
+    }
     drop(host);
 
     let peer_figures = peer_bin.map(|bin| {

@@ -298,8 +298,9 @@ pub struct Machine {
     pub reloads: u64,
     pub last_reload: String,
     /// How many workers may load the plugin at once while the generation
-    /// starts (the CPUs it may use): a few workers ready soon serve sooner
-    /// than all of them ready late, and the rest follow.
+    /// starts (the CPUs it may take from the generation that serves): a
+    /// few workers ready soon serve sooner than all of them ready late,
+    /// and the rest follow.
     pub start_at_once: usize,
     /// The first slot not forked yet while the generation starts.
     next_start: usize,

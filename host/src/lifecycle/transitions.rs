@@ -228,8 +228,9 @@ impl Machine {
                 tracing::debug!("worker pid {pid}: state ignored: it was not asked to hand over")
             }
         }
-        self.start_more(fx);
+        // `Go` to a worker that is ready before the next fork.
         self.check_started(now, fx);
+        self.start_more(fx);
     }
 
     fn on_worker_exit(&mut self, pid: Pid, exit: Exit, now: Instant, fx: &mut Vec<Effect>) {

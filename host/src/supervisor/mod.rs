@@ -153,7 +153,11 @@ pub fn run(config: Config, env: InheritedEnv) -> Result<(), Error> {
         predecessor.as_ref().map(|p| p.pid),
         started,
     );
-    machine.start_at_once = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // One CPU is left to the generation that serves meanwhile (on 2 CPUs,
+    // starting 2 workers at once doubled the pause its clients felt).
+    machine.start_at_once = std::thread::available_parallelism()
+        .map_or(1, |n| n.get().saturating_sub(1))
+        .max(1);
     let (snapshot, listeners, pid_file) = match setup() {
         Ok(parts) => parts,
         Err(e) => {
