@@ -24,6 +24,9 @@
 //!   signal (p99, max);
 //! - reload latency: the signal to the end of the first reply from the new
 //!   generation (p50 / p95 / max);
+//! - hand-over: the signal to the old generation's last first reply byte
+//!   (from then on only the new one takes connections; with many workers
+//!   the first reply from the new code comes well before it);
 //! - no-accept gap: per reload, the longest interval, from the signal until
 //!   the new generation's first reply byte, in which no connection got its
 //!   first reply byte; beside it the same over windows of equal length laid
@@ -37,6 +40,12 @@
 //! loads to N MB (bytes appended after the ELF content); `--peer false`
 //! runs the host alone. The report ends with the targets, met or
 //! not, and one `summary:` line of key=value pairs.
+//!
+//! To see where a reload's time goes: `BENCH_GAPS=1` prints, per reload,
+//! when the new code first replied and where the longest gap lay (and
+//! writes `reload N signal` to the kernel's `trace_marker`, for a
+//! `sched_switch` trace); `BENCH_HOST_LOG=debug BENCH_HOST_LOG_COPY=FILE`
+//! keeps the host's log, with each step's timestamp.
 
 mod support;
 
@@ -545,6 +554,9 @@ struct Figures {
     during_reload: (Duration, Duration, usize),
     /// p50, p95, max.
     reload: (Duration, Duration, Duration),
+    /// p50, p95, max of the hand-over: the signal to the old generation's
+    /// last first reply byte (it no longer takes new connections).
+    takeover: (Duration, Duration, Duration),
     gap: (Duration, Duration, Duration),
     gap_baseline: (Duration, Duration, Duration),
     before: Vec<(&'static str, (u64, usize))>,
@@ -565,6 +577,8 @@ fn figures(run: Run) -> Figures {
     let mut during = Vec::new();
     // The first reply byte, and the end of the first reply, of each generation.
     let mut first: HashMap<u64, (Instant, Instant)> = HashMap::new();
+    // The last first reply byte of each generation.
+    let mut last: HashMap<u64, Instant> = HashMap::new();
     let mut events: Vec<Instant> = samples.iter().filter_map(|s| s.first_byte).collect();
     events.sort();
     for s in &samples {
@@ -585,8 +599,11 @@ fn figures(run: Run) -> Figures {
         let entry = first.entry(generation).or_insert((fb, s.end));
         entry.0 = entry.0.min(fb);
         entry.1 = entry.1.min(s.end);
+        let latest = last.entry(generation).or_insert(fb);
+        *latest = (*latest).max(fb);
     }
     let mut reloads = Vec::new();
+    let mut takeovers = Vec::new();
     let mut gaps = Vec::new();
     let mut baseline_gaps = Vec::new();
     let (base_from, base_to) = baseline;
@@ -594,6 +611,9 @@ fn figures(run: Run) -> Figures {
     for (i, &signal) in signals.iter().enumerate() {
         let (fb, end) = first[&(i as u64 + 2)];
         reloads.push(end.saturating_duration_since(signal));
+        if let Some(old) = last.get(&(i as u64 + 1)) {
+            takeovers.push(old.saturating_duration_since(signal));
+        }
         gaps.push(longest_gap(&events, signal, fb));
         if std::env::var_os("BENCH_GAPS").is_some() {
             let (at, len) = longest_gap_at(&events, signal, fb);
@@ -621,6 +641,7 @@ fn figures(run: Run) -> Figures {
         latency: spread(latencies, 99.0),
         during_reload: (p99, max, during_count),
         reload: spread(reloads, 95.0),
+        takeover: spread(takeovers, 95.0),
         gap: spread(gaps, 95.0),
         gap_baseline: spread(baseline_gaps, 95.0),
         before,
@@ -820,6 +841,20 @@ fn report(o: &Options, h: &Figures, p: Option<&Figures>) {
         " ms",
         3,
     );
+    row(
+        "hand-over (old generation's last reply) p50",
+        ms(h.takeover.0),
+        pm(|f| f.takeover.0),
+        " ms",
+        3,
+    );
+    row(
+        "hand-over (old generation's last reply) p95",
+        ms(h.takeover.1),
+        pm(|f| f.takeover.1),
+        " ms",
+        3,
+    );
     row("no-accept gap p50", ms(h.gap.0), pm(|f| f.gap.0), " ms", 3);
     row("no-accept gap p95", ms(h.gap.1), pm(|f| f.gap.1), " ms", 3);
     row("no-accept gap max", ms(h.gap.2), pm(|f| f.gap.2), " ms", 3);
@@ -934,7 +969,7 @@ fn report(o: &Options, h: &Figures, p: Option<&Figures>) {
 
     // One line to collect runs from.
     let mut summary = format!(
-        "summary: clients={} reloads={} workers={} plugin_mb={} host_requests={} host_rps={:.0} host_failed={} host_lat_p50={:.3} host_lat_p99={:.3} host_lat_max={:.3} host_sig_p99={:.3} host_sig_max={:.3} host_reload_p50={:.3} host_reload_p95={:.3} host_reload_max={:.3} host_gap_p50={:.3} host_gap_p95={:.3} host_gap_max={:.3} host_base_gap_p50={:.3} host_base_gap_p95={:.3} host_base_gap_max={:.3}",
+        "summary: clients={} reloads={} workers={} plugin_mb={} host_requests={} host_rps={:.0} host_failed={} host_lat_p50={:.3} host_lat_p99={:.3} host_lat_max={:.3} host_sig_p99={:.3} host_sig_max={:.3} host_reload_p50={:.3} host_reload_p95={:.3} host_reload_max={:.3} host_takeover_p50={:.3} host_takeover_p95={:.3} host_gap_p50={:.3} host_gap_p95={:.3} host_gap_max={:.3} host_base_gap_p50={:.3} host_base_gap_p95={:.3} host_base_gap_max={:.3}",
         o.clients,
         o.reloads,
         o.workers,
@@ -950,6 +985,8 @@ fn report(o: &Options, h: &Figures, p: Option<&Figures>) {
         ms(h.reload.0),
         ms(h.reload.1),
         ms(h.reload.2),
+        ms(h.takeover.0),
+        ms(h.takeover.1),
         ms(h.gap.0),
         ms(h.gap.1),
         ms(h.gap.2),
@@ -964,7 +1001,7 @@ fn report(o: &Options, h: &Figures, p: Option<&Figures>) {
     }
     if let Some(p) = p {
         summary += &format!(
-            " ecd_requests={} ecd_rps={:.0} ecd_failed={} ecd_lat_p50={:.3} ecd_lat_p99={:.3} ecd_lat_max={:.3} ecd_sig_p99={:.3} ecd_sig_max={:.3} ecd_reload_p50={:.3} ecd_reload_p95={:.3} ecd_reload_max={:.3} ecd_gap_p50={:.3} ecd_gap_p95={:.3} ecd_gap_max={:.3} ecd_base_gap_p50={:.3} ecd_base_gap_p95={:.3} ecd_base_gap_max={:.3} ecd_rss_kib_before={} ecd_rss_kib_after={}",
+            " ecd_requests={} ecd_rps={:.0} ecd_failed={} ecd_lat_p50={:.3} ecd_lat_p99={:.3} ecd_lat_max={:.3} ecd_sig_p99={:.3} ecd_sig_max={:.3} ecd_reload_p50={:.3} ecd_reload_p95={:.3} ecd_reload_max={:.3} ecd_takeover_p50={:.3} ecd_takeover_p95={:.3} ecd_gap_p50={:.3} ecd_gap_p95={:.3} ecd_gap_max={:.3} ecd_base_gap_p50={:.3} ecd_base_gap_p95={:.3} ecd_base_gap_max={:.3} ecd_rss_kib_before={} ecd_rss_kib_after={}",
             p.requests,
             p.rate,
             p.failed,
@@ -976,6 +1013,8 @@ fn report(o: &Options, h: &Figures, p: Option<&Figures>) {
             ms(p.reload.0),
             ms(p.reload.1),
             ms(p.reload.2),
+            ms(p.takeover.0),
+            ms(p.takeover.1),
             ms(p.gap.0),
             ms(p.gap.1),
             ms(p.gap.2),
