@@ -48,18 +48,19 @@ pub fn set_all_threads(nice: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Switches this thread between SCHED_BATCH (`true`) and SCHED_OTHER at the
-/// same nice value: a batch thread never preempts another on waking, and
-/// either switch is allowed without privilege.
-pub fn set_batch(batch: bool) -> io::Result<()> {
+/// Switches thread `tid` (0: the calling thread) between SCHED_BATCH
+/// (`true`) and SCHED_OTHER at the same nice value: a batch thread never
+/// preempts another on waking, and either switch is allowed without
+/// privilege (for a thread of the same user).
+pub fn set_batch(tid: i32, batch: bool) -> io::Result<()> {
     let policy = match batch {
         true => libc::SCHED_BATCH,
         false => libc::SCHED_OTHER,
     };
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: plain system call on this thread; `param` is a valid,
-    // initialised struct that outlives the call, which only reads it.
-    match unsafe { libc::sched_setscheduler(0, policy, &param) } {
+    // SAFETY: plain system call; `param` is a valid, initialised struct
+    // that outlives the call, which only reads it.
+    match unsafe { libc::sched_setscheduler(tid, policy, &param) } {
         0 => Ok(()),
         _ => Err(io::Error::last_os_error()),
     }

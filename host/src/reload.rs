@@ -288,7 +288,7 @@ impl Inherited {
         }
         let _ = nix::sys::prctl::set_name(c"host");
         if self.standby == Some(StandbyAs::Batch) {
-            let _ = priority::set_batch(false);
+            let _ = priority::set_batch(0, false);
         }
         if let Some(nice) = self.base_nice {
             let _ = priority::set(0, nice - priority::BOOST);
@@ -376,6 +376,8 @@ fn spawn_with(handoff: &Handoff<'_>, mode: Mode) -> Result<Successor, Error> {
 /// is exec'd afresh.
 pub struct Standby {
     successor: Successor,
+    /// Whether it waits as a batch job.
+    batch: bool,
     /// The host binary's identity when the standby was exec'd.
     exe: Option<ExeId>,
 }
@@ -413,6 +415,7 @@ pub fn spawn_standby(handoff: &Handoff<'_>) -> Result<Standby, Error> {
     let batch = priority::is_usual();
     Ok(Standby {
         successor: spawn_with(handoff, Mode::Standby { batch })?,
+        batch,
         exe,
     })
 }
@@ -422,11 +425,27 @@ impl Standby {
         self.successor.pid
     }
 
-    /// Starts it as generation `generation`, if `exe` on disk is still the
-    /// binary it runs; otherwise gives it back, with why not.
-    pub fn start(self, exe: &Path, generation: u64) -> Result<Successor, (Standby, String)> {
+    /// Starts it as generation `generation` (at nice `boosted`, if
+    /// given and allowed), if `exe` on disk is still the binary it runs;
+    /// otherwise gives it back, with why not.
+    pub fn start(
+        self,
+        exe: &Path,
+        generation: u64,
+        boosted: Option<i32>,
+    ) -> Result<Successor, (Standby, String)> {
         if self.exe.is_none() || ExeId::of(exe) != self.exe {
             return Err((self, format!("{} changed since it started", exe.display())));
+        }
+        // Scheduled as it will run before it wakes up: a batch job would
+        // wait for a CPU behind whatever runs there. (It does the same
+        // itself, should either call fail here.)
+        let pid = self.successor.pid.as_raw();
+        if self.batch {
+            let _ = priority::set_batch(pid, false);
+        }
+        if let Some(nice) = boosted {
+            let _ = priority::set(pid, nice);
         }
         match self.successor.channel.send(&OldToNew::Start { generation }) {
             Ok(()) => Ok(self.successor),
@@ -538,7 +557,7 @@ fn exec(
         // A standby waits as a batch job (sched_setscheduler: a system
         // call, no allocation).
         if batch {
-            let _ = priority::set_batch(true);
+            let _ = priority::set_batch(0, true);
         }
         Ok(())
     };

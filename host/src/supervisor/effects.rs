@@ -112,7 +112,8 @@ impl Runtime {
         // standby is due.
         self.standby_started = false;
         if let Some(standby) = self.standby.take() {
-            match standby.start(&self.config.exe, generation) {
+            let boosted = self.base_nice.map(|nice| nice - priority::BOOST);
+            match standby.start(&self.config.exe, generation, boosted) {
                 Ok(successor) => {
                     let pid = successor.pid;
                     tracing::debug!("generation {generation} starts from the standby, pid {pid}");
