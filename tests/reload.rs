@@ -519,9 +519,10 @@ fn reload_execs_a_rebuilt_host_binary_and_survives_a_missing_one() {
 /// The supervisor in charge keeps the next generation exec'd and waiting (a
 /// standby, a batch job named `host-standby`), and a reload starts it rather
 /// than a fresh exec: unless the host binary on disk changed since, or the
-/// standby died. A plugin that cannot hot-reload gets none.
+/// standby was told to stop (it exits). A plugin that cannot hot-reload
+/// gets none.
 #[test]
-fn a_reload_starts_the_standby_unless_the_host_binary_changed_or_it_died() {
+fn a_reload_starts_the_standby_unless_the_host_binary_changed_or_it_was_stopped() {
     let dir = temp_dir();
     let bin = dir.path().join("host");
     copy_atomically(&host_bin(), &bin);
@@ -566,10 +567,10 @@ fn a_reload_starts_the_standby_unless_the_host_binary_changed_or_it_died() {
     let exe = std::fs::read_link(format!("/proc/{third_sup}/exe")).unwrap();
     assert_eq!(exe, std::fs::canonicalize(&bin).unwrap());
 
-    // A standby that died: the next reload execs afresh.
+    // A standby told to stop exits; the next reload execs afresh.
     let third = standby_of(third_sup);
-    signal(third, Signal::SIGKILL);
-    wait_gone("the killed standby", third, LONG);
+    signal(third, Signal::SIGTERM);
+    wait_gone("the stopped standby", third, LONG);
     let (ok, _, err) = reload(&pid_file);
     assert!(ok, "{err}");
     let fourth_sup = pid_in(&pid_file).unwrap();

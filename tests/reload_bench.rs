@@ -31,9 +31,9 @@
 //!   the new generation's first reply byte, in which no connection got its
 //!   first reply byte; beside it the same over windows of equal length laid
 //!   in the baseline phase (the pause a client would feel anyway);
-//! - host: RSS and open descriptors of the supervisor in charge and of the
-//!   anchor before the first reload and after the last; ecdysis: those of
-//!   its newest process.
+//! - host: RSS and open descriptors of the supervisor in charge, of the
+//!   anchor and of the standby (the next generation, waiting) before the
+//!   first reload and after the last; ecdysis: those of its newest process.
 //!
 //! `--workers N` runs the host with N workers and the peer with N tokio
 //! worker threads; `--plugin-size-mb N` pads the copy of hello-http the host
@@ -316,7 +316,10 @@ impl Server for HostServer {
     }
 
     fn processes(&self, _: &Load, _: u64) -> Vec<(&'static str, u32)> {
-        vec![("supervisor", self.supervisor), ("anchor", self.host.pid())]
+        let mut p = vec![("supervisor", self.supervisor), ("anchor", self.host.pid())];
+        // The next generation, exec'd and waiting (see the README).
+        p.extend(standbys(self.supervisor).first().map(|&s| ("standby", s)));
+        p
     }
 
     fn stop(&mut self, _: &Load, _: u64) {

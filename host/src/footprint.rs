@@ -17,17 +17,17 @@ pub fn trim() {
     };
     for (addr, len) in unwritten_file_mappings(&smaps) {
         // SAFETY: the range is a whole private, read-only file mapping of
-        // this process that has no anonymous (copied-on-write) page, as
-        // /proc/self/smaps lists it: every page in it is the file's own
-        // bytes. MADV_RANDOM only changes how later faults read ahead.
-        // MADV_DONTNEED drops the pages from this process's page tables;
-        // the next access faults the same bytes back from the page cache.
-        // A running executable's or library's file cannot be written
-        // (ETXTBSY for the binary; the loader's libraries are replaced,
-        // not rewritten, by package managers), so nothing anyone reads
-        // changes. (Relocated read-only data, RELRO, has anonymous pages:
-        // it is left alone, as dropping it would bring back the
-        // unrelocated bytes.)
+        // this process in which no page was ever copied on write (none is
+        // anonymous, swapped out or a private huge page, as
+        // /proc/self/smaps lists it), so every page mapped there is the
+        // page cache's page of the file. MADV_RANDOM only changes how later
+        // faults read ahead. MADV_DONTNEED only removes those pages from
+        // this process's page tables; the next access maps the same page
+        // cache pages again, so nothing anyone reads there changes. The
+        // anchor and the supervisors trim while single-threaded, and load
+        // no library, so no page is copied between the read and the call.
+        // (Relocated read-only data, RELRO, has copied pages: it is left
+        // alone, as dropping it would bring back the unrelocated bytes.)
         unsafe {
             libc::madvise(addr, len, libc::MADV_RANDOM);
             libc::madvise(addr, len, libc::MADV_DONTNEED);
@@ -36,26 +36,33 @@ pub fn trim() {
 }
 
 /// The private, read-only file mappings (code, read-only data) in `smaps`
-/// that have no anonymous page: address and length of each.
+/// of which no page was ever copied on write: address and length of each.
+/// A copied page shows as `Anonymous` while resident, as `Swap` once
+/// swapped out (and a private huge page as `Private_Hugetlb`): all three
+/// must be zero.
 fn unwritten_file_mappings(smaps: &str) -> Vec<(*mut c_void, usize)> {
     let mut found = Vec::new();
     // The mapping being read: its range, if it qualifies so far.
     let mut current: Option<(usize, usize)> = None;
-    for line in smaps.lines() {
-        if let Some(anon) = line.strip_prefix("Anonymous:") {
-            let anon_kb: u64 = anon
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .unwrap_or(u64::MAX);
-            if let Some((start, end)) = current.take() {
-                if anon_kb == 0 {
-                    found.push((start as *mut c_void, end - start));
-                }
-            }
-            continue;
+    let mut finish = |current: &mut Option<(usize, usize)>| {
+        if let Some((start, end)) = current.take() {
+            found.push((start as *mut c_void, end - start));
         }
+    };
+    for line in smaps.lines() {
+        if let Some((key, value)) = line.split_once(':') {
+            if !key.contains(' ') && !key.contains('-') {
+                // A field of the current mapping, `Key:   N kB`.
+                if matches!(key, "Anonymous" | "Swap" | "Private_Hugetlb") {
+                    let kb = value.trim().trim_end_matches("kB").trim();
+                    if kb != "0" {
+                        current = None;
+                    }
+                }
+                continue;
+            }
+        }
+        // A mapping's header line: `start-end perms offset dev inode [path]`.
         let mut fields = line.split_whitespace();
         let (Some(range), Some(perms), Some(_), Some(_), Some(inode)) = (
             fields.next(),
@@ -66,7 +73,6 @@ fn unwritten_file_mappings(smaps: &str) -> Vec<(*mut c_void, usize)> {
         ) else {
             continue;
         };
-        // A mapping's header line: `start-end perms offset dev inode [path]`.
         let Some((start, end)) = range.split_once('-') else {
             continue;
         };
@@ -76,8 +82,10 @@ fn unwritten_file_mappings(smaps: &str) -> Vec<(*mut c_void, usize)> {
         ) else {
             continue;
         };
+        finish(&mut current);
         current = (inode != "0" && matches!(perms, "r-xp" | "r--p")).then_some((start, end));
     }
+    finish(&mut current);
     found
 }
 
@@ -99,11 +107,21 @@ Anonymous:             4 kB
 Anonymous:             0 kB
 7000-8000 r--p 00000000 00:00 0
 Anonymous:             0 kB
+8000-9000 r--p 00006000 08:01 42 /bin/host
+Anonymous:             0 kB
+Swap:                  4 kB
+9000-a000 r--p 00007000 08:01 42 /bin/host
+Anonymous:             0 kB
+Swap:                  0 kB
+VmFlags: rd mr mw me
 ";
         let found: Vec<(usize, usize)> = unwritten_file_mappings(smaps)
             .into_iter()
             .map(|(a, l)| (a as usize, l))
             .collect();
-        assert_eq!(found, [(0x1000, 0x2000), (0x3000, 0x2000)]);
+        assert_eq!(
+            found,
+            [(0x1000, 0x2000), (0x3000, 0x2000), (0x9000, 0x1000)]
+        );
     }
 }

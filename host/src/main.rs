@@ -24,20 +24,30 @@
 //! on the hand-over channel, a socketpair only g and g+1 hold, so no signal
 //! from anyone else can trigger a hand-over.
 //!
+//! 0. g, once `Serving` with no reload in flight and a plugin that can
+//!    hot-reload, starts a **standby** for g+1 (`reload::spawn_standby`):
+//!    the same exec as below, ahead of time, as a batch job named
+//!    `host-standby`. It parses its command line, adopts what it inherits,
+//!    reserves the pages for the plugin's copy, and waits on the hand-over
+//!    channel. It exits when g goes away, and g kills it when it stops.
 //! 1. g, `Serving`, gets SIGUSR2. Unless a reload is in flight or its plugin
-//!    cannot hot-reload, it starts g+1 (`reload::spawn`: `Command` with a
-//!    `pre_exec` that keeps the listening sockets, the pid-file lock and one
-//!    end of the hand-over channel open across exec, in a process group of
-//!    its own). An exec error comes back at once. g keeps serving.
+//!    cannot hot-reload, it starts g+1: it sends the standby `Start` if the
+//!    host binary on disk is still the file the standby was exec'd from, and
+//!    otherwise kills the standby and execs the binary afresh
+//!    (`reload::spawn`: `Command` with a `pre_exec` that keeps the listening
+//!    sockets, the pid-file lock and one end of the hand-over channel open
+//!    across exec, in a process group of its own). An exec error comes back
+//!    at once. g keeps serving.
 //! 2. g+1 starts in `Starting`: it copies the plugin (only what the loader
-//!    maps), forks its workers and waits until each has called
-//!    `ready_to_take_over`. A plugin whose `can_do_hot_reload()` is false
-//!    fails the reload here, at once.
-//! 3. Every worker ready, g+1 sends each `Go` (they accept beside g's
-//!    workers: no moment passes with nobody accepting), then sends
-//!    `ReadyToTakeOver` and is `TakingOver`. g tells its workers to stop
-//!    accepting (`Stop(Reload)`), answers `Released`, and waits for the
-//!    confirmation.
+//!    maps) and forks its workers, one fewer at a time than there are CPUs
+//!    (at least one): one CPU stays with g, which serves meanwhile. A plugin
+//!    whose `can_do_hot_reload()` is false fails the reload here, at once.
+//! 3. Each worker that calls `ready_to_take_over` gets `Go` at once and
+//!    accepts beside g's workers (no moment passes with nobody accepting),
+//!    and answers `Serving` once its `ready_to_take_over` returned. Every
+//!    worker serving, g+1 sends `ReadyToTakeOver` and is `TakingOver`. g
+//!    tells its workers to stop accepting (`Stop(Reload)`), answers
+//!    `Released`, and waits for the confirmation.
 //! 4. g+1, on `Released`, checks that every slot still has a live worker,
 //!    tells the anchor it serves, confirms with `TookOver`, and only then
 //!    rewrites the pid file (never empty for a reader) and the status file:

@@ -2,12 +2,15 @@
 //!
 //! On a busy machine, a new generation competes for CPU with the old one,
 //! which is serving at full tilt, so its few milliseconds of start-up work
-//! (exec, copying and loading the plugin) stretch to tens. When the host is
+//! (copying and loading the plugin) stretch to tens. When the host is
 //! allowed to (root, or CAP_SYS_NICE, or RLIMIT_NICE), the new generation
-//! starts [`BOOST`] nice levels above the old one and drops back to the old
-//! level the moment it takes over; without the privilege it simply starts
-//! at the same level. Linux keeps the nice value per thread, so a worker
-//! resets every one of its threads.
+//! starts [`BOOST`] nice levels above the old one; each of its workers
+//! drops back to the old level when it gets `Go`, its supervisor when it
+//! takes over. Without the privilege it simply starts at the same level.
+//! Linux keeps the nice value per thread, so a worker resets every one of
+//! its threads. A standby (see `reload::Standby`) waits as a batch job
+//! (SCHED_BATCH), so that its exec never preempts a worker that serves,
+//! and is scheduled as usual again when it is started.
 
 use std::io;
 

@@ -23,6 +23,7 @@ use std::path::Path;
 use std::process::Command;
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::Pid;
 
 use crate::channel::{NewEnd, NewToOld, OldEnd, OldToNew, Received, ToAnchor, ToAnchorEnd};
@@ -193,7 +194,13 @@ impl Inherited {
             Err(_) => None,
         };
         let result = (|| -> Result<_, Error> {
-            let generation = number(GENERATION)? as u64;
+            // A standby learns its number from `Start`; it is started
+            // without one, so that a host binary older than standbys (one
+            // rolled back to) refuses to run as one and exits.
+            let generation = match get(STANDBY) {
+                Ok(_) => 0,
+                Err(_) => number(GENERATION)? as u64,
+            };
             let predecessor = match handover.is_some() {
                 true => Some(Pid::from_raw(number(PREDECESSOR)? as i32)),
                 false => None,
@@ -270,23 +277,46 @@ impl Inherited {
             )));
         };
         // What `ps` and `top` show while it waits.
+        let name = nix::sys::prctl::get_name().ok();
         let _ = nix::sys::prctl::set_name(c"host-standby");
-        loop {
+        // Told to stop while it waits (by `kill`, or by a service manager
+        // that signals every process of the service), it just exits: the
+        // stop signals keep their default action and are unblocked until
+        // `Start` (they were blocked across the exec). A reload finds it
+        // gone and execs afresh.
+        let mut stops = SigSet::empty();
+        for signal in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGQUIT,
+            Signal::SIGHUP,
+        ] {
+            stops.add(signal);
+        }
+        let _ = stops.thread_unblock();
+        let started = loop {
             match predecessor.channel.recv() {
                 Ok(Received::Message(OldToNew::Start { generation })) => {
                     self.generation = generation;
-                    break;
+                    break Ok(true);
                 }
                 Ok(Received::Message(other)) => {
-                    return Err(Error::Inherit(format!(
+                    break Err(Error::Inherit(format!(
                         "a standby was sent {other:?} before Start"
                     )))
                 }
                 Ok(Received::Empty) => continue,
-                Ok(Received::Closed) | Err(_) => return Ok(false),
+                Ok(Received::Closed) | Err(_) => break Ok(false),
             }
+        };
+        // Blocked again until the supervisor's handlers are in place.
+        let _ = stops.thread_block();
+        if !matches!(started, Ok(true)) {
+            return started;
         }
-        let _ = nix::sys::prctl::set_name(c"host");
+        if let Some(name) = name {
+            let _ = nix::sys::prctl::set_name(&name);
+        }
         if self.standby == Some(StandbyAs::Batch) {
             let _ = priority::set_batch(0, false);
         }
@@ -434,8 +464,12 @@ impl Standby {
         generation: u64,
         boosted: Option<i32>,
     ) -> Result<Successor, (Standby, String)> {
-        if self.exe.is_none() || ExeId::of(exe) != self.exe {
-            return Err((self, format!("{} changed since it started", exe.display())));
+        match ExeId::of(exe) {
+            None => return Err((self, format!("cannot stat {}", exe.display()))),
+            now if now != self.exe => {
+                return Err((self, format!("{} changed since it started", exe.display())))
+            }
+            _ => {}
         }
         // Scheduled as it will run before it wakes up: a batch job would
         // wait for a CPU behind whatever runs there. (It does the same
@@ -450,6 +484,15 @@ impl Standby {
         match self.successor.channel.send(&OldToNew::Start { generation }) {
             Ok(()) => Ok(self.successor),
             Err(e) => Err((self, format!("cannot start it: {e}"))),
+        }
+    }
+
+    /// Why it gave up, if it said so before it exited (its command line
+    /// did not parse, say).
+    pub fn last_words(&self) -> Option<String> {
+        match self.successor.channel.try_recv() {
+            Ok(Received::Message(NewToOld::Failed(why))) => Some(why),
+            _ => None,
         }
     }
 
@@ -488,13 +531,15 @@ fn exec(
         .collect::<Vec<_>>()
         .join(",");
     let mut vars = vec![
-        (GENERATION, handoff.generation.to_string()),
         (LISTEN_FDS, listen),
         (ANCHOR_FD, handoff.anchor_fd.to_string()),
         (ANCHOR_PID, handoff.anchor_pid.to_string()),
         (ANCHOR_SINCE, handoff.anchor_since.to_string()),
         (INSTANCE_VAR, instance().to_owned()),
     ];
+    if matches!(mode, Mode::Now) {
+        vars.push((GENERATION, handoff.generation.to_string()));
+    }
     vars.extend(extra_vars.iter().map(|(k, v)| (*k, v.clone())));
     if let Some(nice) = handoff.base_nice {
         vars.push((BASE_NICE, nice.to_string()));
@@ -503,7 +548,7 @@ fn exec(
         vars.push((PIDFILE_FD, fd.to_string()));
     }
     // Everything the child needs is computed here, before the fork: the
-    // `pre_exec` closure below only reads these two values.
+    // `pre_exec` closure below only reads `inherit`, `boosted` and `batch`.
     let mut inherit = handoff.listener_fds.clone();
     inherit.push(handoff.anchor_fd);
     inherit.extend(extra_fd);
@@ -554,8 +599,8 @@ fn exec(
         if let Some(nice) = boosted {
             let _ = priority::set(0, nice);
         }
-        // A standby waits as a batch job (sched_setscheduler: a system
-        // call, no allocation).
+        // A standby waits as a batch job (sched_setscheduler: a plain
+        // system call wrapper, no lock, no allocation).
         if batch {
             let _ = priority::set_batch(0, true);
         }
@@ -565,7 +610,8 @@ fn exec(
     // is single-threaded, so the child is a faithful copy with no lock held
     // by a vanished thread. Even so, the closure makes only
     // async-signal-safe calls (sigfillset, pthread_sigmask, fcntl,
-    // setpriority, sched_setscheduler), allocates nothing, takes no lock, logs nothing, and
+    // setpriority) and sched_setscheduler, a plain system call wrapper that
+    // takes no lock; it allocates nothing, takes no lock, logs nothing, and
     // touches only data computed above, before the fork.
     unsafe { command.pre_exec(in_child) };
     // std reports a failed exec here, having reaped that child itself. On

@@ -8,7 +8,7 @@ use nix::sys::signal::{kill, killpg, Signal};
 use super::runtime::{Outcome, Runtime};
 use crate::channel::OldToNew;
 use crate::error::Error;
-use crate::lifecycle::{Effect, Event, Life};
+use crate::lifecycle::{Effect, Event};
 use crate::priority;
 use crate::reload::{self, Handoff};
 
@@ -167,10 +167,9 @@ impl Runtime {
                     Err(e) => tracing::warn!("cannot start a standby for the next reload: {e}"),
                 }
             }
-        } else if matches!(self.machine.life, Life::Stopping { .. }) {
-            if let Some(standby) = self.standby.take() {
-                standby.kill();
-            }
+        } else if let Some(standby) = self.standby.take() {
+            // Stopping, or the plugin says it can no longer hot-reload.
+            standby.kill();
         }
     }
 

@@ -153,11 +153,14 @@ pub fn run(config: Config, env: InheritedEnv) -> Result<(), Error> {
         predecessor.as_ref().map(|p| p.pid),
         started,
     );
-    // One CPU is left to the generation that serves meanwhile (on 2 CPUs,
-    // starting 2 workers at once doubled the pause its clients felt).
-    machine.start_at_once = std::thread::available_parallelism()
-        .map_or(1, |n| n.get().saturating_sub(1))
-        .max(1);
+    // Under a generation that serves meanwhile, one CPU is left to it (on
+    // 2 CPUs, starting 2 workers at once doubled the pause its clients
+    // felt). With nobody serving, every worker starts at once.
+    if predecessor.is_some() {
+        machine.start_at_once = std::thread::available_parallelism()
+            .map_or(1, |n| n.get().saturating_sub(1))
+            .max(1);
+    }
     let (snapshot, listeners, pid_file) = match setup() {
         Ok(parts) => parts,
         Err(e) => {

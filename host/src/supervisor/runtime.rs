@@ -359,8 +359,12 @@ impl Runtime {
                 kill_escaped_orphans();
                 events.push(Event::WorkerExited { pid, exit });
             } else if self.standby.as_ref().is_some_and(|s| s.pid() == pid) {
-                self.standby = None;
-                tracing::warn!("the standby for the next reload (pid {pid}) {}", exit.how);
+                let why = self.standby.take().and_then(|s| s.last_words());
+                let why = why.map(|w| format!(": {w}")).unwrap_or_default();
+                tracing::warn!(
+                    "the standby for the next reload (pid {pid}) {}{why}",
+                    exit.how
+                );
             } else if self.successor.as_ref().is_some_and(|s| s.pid == pid) {
                 // It may have said why before exiting.
                 self.successor_messages(events);

@@ -100,13 +100,14 @@ impl Link {
                         self.update(|s| s.inherited = Some(state))
                     }
                     Ok(Received::Message(ToWorker::Go)) => {
-                        // The plugin first: it accepts as soon as it can.
-                        self.update(|s| s.go = true);
+                        // Before the plugin goes on: a thread it starts
+                        // from then on must not inherit the head start.
                         if let Some(nice) = self.base_nice {
                             if let Err(e) = priority::set_all_threads(nice) {
                                 tracing::warn!("cannot return to nice {nice}: {e}");
                             }
                         }
+                        self.update(|s| s.go = true);
                     }
                     Ok(Received::Message(ToWorker::Stop(reason))) => {
                         return match reason {
