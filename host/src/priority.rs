@@ -6,7 +6,8 @@
 //! allowed to (root, or CAP_SYS_NICE, or RLIMIT_NICE), the new generation
 //! starts [`BOOST`] nice levels above the old one; each of its workers
 //! drops back to the old level when it gets `Go`, its supervisor when it
-//! takes over. Without the privilege it simply starts at the same level.
+//! takes over. The old supervisor keeps its level: boosted, it would take
+//! the CPU from its own serving workers. Without the privilege it simply starts at the same level.
 //! Linux keeps the nice value per thread, so a worker resets every one of
 //! its threads. A standby (see `reload::Standby`) waits as a batch job
 //! (SCHED_BATCH), so that its exec never preempts a worker that serves,

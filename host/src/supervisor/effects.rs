@@ -100,19 +100,17 @@ impl Runtime {
         Ok(None)
     }
 
-    /// Starts the next generation with a CPU head start, when allowed: the
-    /// whole takeover runs boosted, our part of it (stepping aside) too. The
-    /// standby is that generation if it is still the host binary on disk.
+    /// Starts the next generation with a CPU head start, when allowed (we
+    /// keep our own priority: a boosted supervisor would take the CPU from
+    /// its own serving workers). The standby is that generation if it is
+    /// still the host binary on disk.
     fn spawn_successor(&mut self, generation: u64) -> Event {
         let base_nice = priority::current().unwrap_or(0);
-        if priority::set(0, base_nice - priority::BOOST).is_ok() {
-            self.base_nice = Some(base_nice);
-        }
         // A reload began: the next time we are in charge and idle, a new
         // standby is due.
         self.standby_started = false;
         if let Some(standby) = self.standby.take() {
-            let boosted = self.base_nice.map(|nice| nice - priority::BOOST);
+            let boosted = Some(base_nice - priority::BOOST);
             match standby.start(&self.config.exe, generation, boosted) {
                 Ok(successor) => {
                     let pid = successor.pid;
