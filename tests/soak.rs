@@ -89,15 +89,28 @@ fn many_reloads_leave_the_footprint_flat() {
         supervisor = next_serving(&pid_file, supervisor);
         if [1, 10, 100, 1000].contains(&n) || n == reloads {
             // The old generation drains and exits, and the new one has its
-            // standby for the next reload, before the sample.
+            // standby for the next reload, exec'd and waiting (named so: the
+            // supervisor holds descriptors of its own while it execs one),
+            // before the sample.
             eventually("one generation left, with its standby", LONG, || {
-                (children(host.pid()) == [supervisor] && standbys(supervisor).len() == 1)
+                let waiting = |p: &u32| comm(*p).as_deref() == Some("host-standby");
+                (children(host.pid()) == [supervisor]
+                    && standbys(supervisor).iter().filter(|p| waiting(p)).count() == 1)
                     .then_some(())
             });
+            // Settled: the same twice in a row (the supervisor closes the
+            // previous generation's channel once it sees it hang up).
+            let settled = |pid: u32| {
+                eventually("a settled footprint", LONG, || {
+                    let first = footprint(pid);
+                    std::thread::sleep(Duration::from_millis(10));
+                    (footprint(pid).fds == first.fds).then_some(first)
+                })
+            };
             let sample = (
                 n,
-                footprint(supervisor),
-                footprint(host.pid()),
+                settled(supervisor),
+                settled(host.pid()),
                 host.processes().len(),
             );
             println!(
