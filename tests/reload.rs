@@ -478,18 +478,22 @@ fn rebuilding_the_plugin_in_place_leaves_running_and_respawned_workers_alone() {
     );
 }
 
+/// `ticker` run by a copy of the host binary in `dir` (which a test may
+/// replace or remove), with a pid file, serving: the copy's path, the pid
+/// file, the host and the ticks file.
+fn ticker_from_a_copy_of_the_host(dir: &Path) -> (PathBuf, PathBuf, Host, PathBuf) {
+    let bin = dir.join("host");
+    copy_atomically(&host_bin(), &bin);
+    let pid_file = dir.join("ticker.pid");
+    let (host, ticks) = start_ticker_from(&bin, dir, &["--pid-file", pid_file.to_str().unwrap()]);
+    host.wait_serving();
+    (bin, pid_file, host, ticks)
+}
+
 #[test]
 fn reload_execs_a_rebuilt_host_binary_and_survives_a_missing_one() {
     let dir = temp_dir();
-    let bin = dir.path().join("host");
-    copy_atomically(&host_bin(), &bin);
-    let pid_file = dir.path().join("ticker.pid");
-    let (host, ticks) = start_ticker_from(
-        &bin,
-        dir.path(),
-        &["--pid-file", pid_file.to_str().unwrap()],
-    );
-    host.wait_serving();
+    let (bin, pid_file, host, ticks) = ticker_from_a_copy_of_the_host(dir.path());
 
     // Without the binary, the exec fails and the old generation carries on.
     std::fs::remove_file(&bin).unwrap();
@@ -524,15 +528,7 @@ fn reload_execs_a_rebuilt_host_binary_and_survives_a_missing_one() {
 #[test]
 fn a_reload_starts_the_standby_unless_the_host_binary_changed_or_it_was_stopped() {
     let dir = temp_dir();
-    let bin = dir.path().join("host");
-    copy_atomically(&host_bin(), &bin);
-    let pid_file = dir.path().join("ticker.pid");
-    let (host, ticks) = start_ticker_from(
-        &bin,
-        dir.path(),
-        &["--pid-file", pid_file.to_str().unwrap()],
-    );
-    host.wait_serving();
+    let (bin, pid_file, host, ticks) = ticker_from_a_copy_of_the_host(dir.path());
     let standby_of = |sup: u32| {
         eventually(&format!("a standby under pid {sup}"), LONG, || {
             let found = standbys(sup);
