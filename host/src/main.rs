@@ -68,8 +68,8 @@
 //! A SIGTERM, SIGINT or SIGQUIT is always a graceful stop. g+1 that gets
 //! one before taking over tells g to carry on. The pid-file lock is never
 //! released in between: it belongs to the open file description, which g+1
-//! inherits (see `pidfile`). A new generation's start-up runs with a CPU
-//! head start when allowed (see `priority`).
+//! inherits (see `pidfile`). A new generation's workers load the plugin
+//! with a CPU head start when allowed (see `priority`).
 
 mod anchor;
 mod channel;

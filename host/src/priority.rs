@@ -1,13 +1,13 @@
 //! CPU priority for a new generation's start-up.
 //!
 //! On a busy machine, a new generation competes for CPU with the old one,
-//! which is serving at full tilt, so its few milliseconds of start-up work
-//! (copying and loading the plugin) stretch to tens. When the host is
-//! allowed to (root, or CAP_SYS_NICE, or RLIMIT_NICE), the new generation
-//! starts [`BOOST`] nice levels above the old one; each of its workers
-//! drops back to the old level when it gets `Go`, its supervisor when it
-//! takes over. The old supervisor keeps its level: boosted, it would take
-//! the CPU from its own serving workers. Without the privilege it simply starts at the same level.
+//! which is serving at full tilt, so the few milliseconds its workers take
+//! to load the plugin stretch to tens. When the host is allowed to (root,
+//! or CAP_SYS_NICE, or RLIMIT_NICE), each new worker loads [`BOOST`] nice
+//! levels above the old ones and drops back when it gets `Go`. The
+//! supervisors keep their level: a boosted one (the old, or the new one
+//! copying the plugin) was measured to take the CPU from the serving
+//! workers beside it for up to 1.5 ms, the pause their clients felt. Without the privilege it simply starts at the same level.
 //! Linux keeps the nice value per thread, so a worker resets every one of
 //! its threads. A standby (see `reload::Standby`) waits as a batch job
 //! (SCHED_BATCH), so that its exec never preempts a worker that serves,

@@ -262,7 +262,8 @@ pub enum Effect {
     ClaimPidFile,
     WriteStatus,
     Notify(Notice),
-    /// Return to the nice value from before the reload's CPU head start.
+    /// The reload's CPU head start is over: workers forked from now on
+    /// start at the usual level (see `priority`).
     Unboost,
     Exit(Result<(), String>),
 }

@@ -266,9 +266,6 @@ impl Inherited {
         if self.standby == Some(StandbyAs::Batch) {
             let _ = priority::set_batch(0, false);
         }
-        if let Some(nice) = self.base_nice {
-            let _ = priority::set(0, nice - priority::BOOST);
-        }
         Ok(true)
     }
 }

@@ -168,15 +168,11 @@ fn exec(
         vars.push((PIDFILE_FD, fd.to_string()));
     }
     // Everything the child needs is computed here, before the fork: the
-    // `pre_exec` closure below only reads `inherit`, `boosted` and `batch`.
+    // `pre_exec` closure below only reads `inherit` and `batch`.
     let mut inherit = handoff.listener_fds.clone();
     inherit.push(handoff.anchor_fd);
     inherit.extend(extra_fd);
     inherit.extend(handoff.pid_file_fd);
-    let boosted = handoff
-        .base_nice
-        .filter(|_| matches!(mode, Mode::Now))
-        .map(|nice| nice - priority::BOOST);
     let batch = matches!(mode, Mode::Standby { batch: true });
 
     let mut command = Command::new(handoff.exe);
@@ -192,7 +188,7 @@ fn exec(
         .process_group(0);
     // Runs in the child between fork and exec (see the SAFETY note on
     // `pre_exec` below): async-signal-safe calls only, no allocation, no
-    // lock, no logging; it only reads `inherit`, `boosted` and `batch`.
+    // lock, no logging; it only reads `inherit` and `batch`.
     let in_child = move || -> io::Result<()> {
         // std empties the signal mask in the child before running this
         // closure, so block everything again, first thing. Signals stay
@@ -214,11 +210,6 @@ fn exec(
             // FD_CLOEXEC changes nothing else about them.
             unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
         }
-        // Start with a head start when allowed; nothing changes otherwise.
-        // (setpriority, plus reading errno on failure: no allocation.)
-        if let Some(nice) = boosted {
-            let _ = priority::set(0, nice);
-        }
         // A standby waits as a batch job (sched_setscheduler: a plain
         // system call wrapper, no lock, no allocation).
         if batch {
@@ -229,9 +220,8 @@ fn exec(
     // SAFETY: the closure runs in the forked child of the supervisor, which
     // is single-threaded, so the child is a faithful copy with no lock held
     // by a vanished thread. Even so, the closure makes only
-    // async-signal-safe calls (sigfillset, pthread_sigmask, fcntl,
-    // setpriority) and sched_setscheduler, a plain system call wrapper that
-    // takes no lock; it allocates nothing, takes no lock, logs nothing, and
+    // async-signal-safe calls (sigfillset, pthread_sigmask, fcntl) and
+    // sched_setscheduler, a plain system call wrapper that takes no lock; it allocates nothing, takes no lock, logs nothing, and
     // touches only data computed above, before the fork.
     unsafe { command.pre_exec(in_child) };
     // std reports a failed exec here, having reaped that child itself. On

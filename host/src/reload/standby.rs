@@ -67,15 +67,9 @@ impl Standby {
         self.successor.pid
     }
 
-    /// Starts it as generation `generation` (at nice `boosted`, if
-    /// given and allowed), if `exe` on disk is still the binary it runs;
-    /// otherwise gives it back, with why not.
-    pub fn start(
-        self,
-        exe: &Path,
-        generation: u64,
-        boosted: Option<i32>,
-    ) -> Result<Successor, (Standby, String)> {
+    /// Starts it as generation `generation`, if `exe` on disk is still the
+    /// binary it runs; otherwise gives it back, with why not.
+    pub fn start(self, exe: &Path, generation: u64) -> Result<Successor, (Standby, String)> {
         match ExeId::of(exe) {
             None => return Err((self, format!("cannot stat {}", exe.display()))),
             now if now != self.exe => {
@@ -89,9 +83,6 @@ impl Standby {
         let pid = self.successor.pid.as_raw();
         if self.batch {
             let _ = priority::set_batch(pid, false);
-        }
-        if let Some(nice) = boosted {
-            let _ = priority::set(pid, nice);
         }
         match self.successor.channel.send(&OldToNew::Start { generation }) {
             Ok(()) => Ok(self.successor),

@@ -100,9 +100,8 @@ impl Runtime {
         Ok(None)
     }
 
-    /// Starts the next generation with a CPU head start, when allowed (we
-    /// keep our own priority: a boosted supervisor would take the CPU from
-    /// its own serving workers). The standby is that generation if it is
+    /// Starts the next generation, whose workers get a CPU head start when
+    /// allowed (see `priority`). The standby is that generation if it is
     /// still the host binary on disk.
     fn spawn_successor(&mut self, generation: u64) -> Event {
         let base_nice = priority::current().unwrap_or(0);
@@ -110,8 +109,7 @@ impl Runtime {
         // standby is due.
         self.standby_started = false;
         if let Some(standby) = self.standby.take() {
-            let boosted = Some(base_nice - priority::BOOST);
-            match standby.start(&self.config.exe, generation, boosted) {
+            match standby.start(&self.config.exe, generation) {
                 Ok(successor) => {
                     let pid = successor.pid;
                     tracing::debug!("generation {generation} starts from the standby, pid {pid}");
@@ -171,12 +169,9 @@ impl Runtime {
         }
     }
 
-    /// Returns to the nice value from before a boost.
+    /// The head start is over: workers forked from now on (respawns)
+    /// start at the usual level.
     fn unboost(&mut self) {
-        if let Some(nice) = self.base_nice.take() {
-            if let Err(e) = priority::set(0, nice) {
-                tracing::warn!("cannot return to nice {nice}: {e}");
-            }
-        }
+        self.base_nice = None;
     }
 }

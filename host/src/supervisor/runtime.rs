@@ -53,7 +53,8 @@ pub struct Runtime {
     pub(super) standby_started: bool,
     /// While starting under a previous generation: that generation.
     pub(super) predecessor: Option<Predecessor>,
-    /// While boosted (see `priority`): the nice value to return to.
+    /// While this generation starts under another: the nice value its
+    /// workers serve at, after loading with a head start (see `priority`).
     pub(super) base_nice: Option<i32>,
     /// Whether the resident set was trimmed (see `footprint`).
     pub(super) trimmed: bool,

@@ -51,8 +51,9 @@ pub struct Spec<'a> {
     pub plugin_args: &'a [String],
     /// Whether `ready_to_take_over` may return at once.
     pub go: bool,
-    /// The nice value to serve at, if the supervisor is boosted (see
-    /// `priority`): taken at `Go`, or at once if `go` is already true.
+    /// The nice value to serve at, in a generation that may start with a
+    /// head start (see `priority`): taken at `Go`, or at once if `go` is
+    /// already true.
     pub base_nice: Option<i32>,
     /// With `--watchdog`: the page `ping_supervisor` beats in.
     pub heartbeat: Option<&'static Heartbeat>,
@@ -80,7 +81,14 @@ fn live(channel: WorkerEnd, spec: Spec<'_>) -> i32 {
             return EXIT_SETUP_FAILED;
         }
     };
-    if let Some(nice) = spec.base_nice.filter(|_| spec.go) {
+    // A new generation's worker loads with a head start when allowed,
+    // until `Go` (see `priority`); any other serves at the usual level.
+    if let Some(nice) = spec.base_nice {
+        let nice = if spec.go {
+            nice
+        } else {
+            nice - priority::BOOST
+        };
         let _ = priority::set(0, nice);
     }
     let link = match Link::new(channel, spec.go, spec.base_nice, spec.shutdown_timeout) {
