@@ -519,17 +519,10 @@ fn spread(mut values: Vec<Duration>, p: f64) -> (Duration, Duration, Duration) {
 /// The longest interval within `[from, to]` in which no event of `events`
 /// (sorted) happened, the ends of the window counting as events.
 fn longest_gap(events: &[Instant], from: Instant, to: Instant) -> Duration {
-    let first = events.partition_point(|&e| e <= from);
-    let last = events.partition_point(|&e| e < to);
-    let mut previous = from;
-    let mut longest = Duration::ZERO;
-    for &e in events[first..last].iter().chain([&to]) {
-        longest = longest.max(e.saturating_duration_since(previous));
-        previous = e;
-    }
-    longest
+    longest_gap_at(events, from, to).1
 }
 
+/// [`longest_gap`], and where it starts.
 fn longest_gap_at(events: &[Instant], from: Instant, to: Instant) -> (Instant, Duration) {
     let first = events.partition_point(|&e| e <= from);
     let last = events.partition_point(|&e| e < to);

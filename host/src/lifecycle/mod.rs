@@ -15,6 +15,7 @@
 //! - [`Life::Stopping`], with its [`StopCause`] and deadline.
 
 mod handover;
+mod start;
 #[cfg(test)]
 mod tests;
 mod transitions;

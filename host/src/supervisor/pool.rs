@@ -1,7 +1,9 @@
-//! Forking a worker: the one place the supervisor forks.
+//! Forking a worker (the one place the supervisor forks), and killing
+//! what a dead worker left outside its process group.
 
 use std::time::Instant;
 
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::{fork, getpid, ForkResult, Pid};
 
 use super::runtime::{Runtime, WorkerLink};
@@ -89,5 +91,28 @@ fn single_threaded() -> Result<(), String> {
             "refusing to fork a worker: the supervisor has {n} threads, not 1"
         )),
         None => Err("refusing to fork a worker: /proc/self/status names no thread count".into()),
+    }
+}
+
+/// Kills our children that run in another session than ours: nothing
+/// this supervisor starts does (its workers and the next generation stay in
+/// the host's session), so they are descendants of a worker that called
+/// `setsid` and were re-parented to us when their parent died. (The workers
+/// of a next generation that died are re-parented to us too, but they are
+/// in our session, and drain undisturbed.)
+pub(super) fn kill_escaped_orphans() {
+    let me = std::process::id();
+    let Ok(children) = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
+        return;
+    };
+    let ours = nix::unistd::getsid(None).ok();
+    for child in children.split_whitespace().filter_map(|p| p.parse().ok()) {
+        let child = Pid::from_raw(child);
+        if let (Some(ours), Ok(theirs)) = (ours, nix::unistd::getsid(Some(child))) {
+            if theirs != ours {
+                tracing::info!("killing pid {child}: a worker's descendant that left its session");
+                let _ = kill(child, Signal::SIGKILL);
+            }
+        }
     }
 }

@@ -12,7 +12,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR2};
 
-use super::{Config, Parts};
+use super::{pool, Config, Parts};
 use crate::channel::{NewToOld, OldToNew, Received, ToAnchor, ToWorkerEnd};
 use crate::error::Error;
 use crate::footprint;
@@ -357,7 +357,7 @@ impl Runtime {
                 let _ = killpg(pid, Signal::SIGKILL);
                 // ...and what left the group for a session of its own, now
                 // orphaned to us (the child subreaper).
-                kill_escaped_orphans();
+                pool::kill_escaped_orphans();
                 events.push(Event::WorkerExited { pid, exit });
             } else if self.standby.as_ref().is_some_and(|s| s.pid() == pid) {
                 let why = self.standby.take().and_then(|s| s.last_words());
@@ -373,29 +373,6 @@ impl Runtime {
                 events.push(Event::SuccessorGone { reason });
             } else {
                 tracing::debug!("reaped pid {pid} ({})", exit.how);
-            }
-        }
-    }
-}
-
-/// Kills our children that run in another session than ours: nothing
-/// this supervisor starts does (its workers and the next generation stay in
-/// the host's session), so they are descendants of a worker that called
-/// `setsid` and were re-parented to us when their parent died. (The workers
-/// of a next generation that died are re-parented to us too, but they are
-/// in our session, and drain undisturbed.)
-fn kill_escaped_orphans() {
-    let me = std::process::id();
-    let Ok(children) = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
-        return;
-    };
-    let ours = nix::unistd::getsid(None).ok();
-    for child in children.split_whitespace().filter_map(|p| p.parse().ok()) {
-        let child = Pid::from_raw(child);
-        if let (Some(ours), Ok(theirs)) = (ours, nix::unistd::getsid(Some(child))) {
-            if theirs != ours {
-                tracing::info!("killing pid {child}: a worker's descendant that left its session");
-                let _ = kill(child, Signal::SIGKILL);
             }
         }
     }
