@@ -302,6 +302,34 @@ fn reload_to_a_plugin_that_hangs_before_ready_times_out_and_the_old_generation_s
 }
 
 #[test]
+fn the_old_generation_steps_aside_only_once_its_workers_took_the_stop() {
+    let dir = temp_dir();
+    let service = start_service(dir.path(), &[], &[]);
+    let addr = service.host.listen_addr();
+    let (_, old_worker) = identity(&http_get(addr).unwrap());
+
+    // A worker that has not yet taken the stop may still accept: the old
+    // generation waits for it (up to a bound) before it lets the new one
+    // take charge. A stopped process never takes it in time.
+    signal(old_worker, Signal::SIGSTOP);
+    let (ok, out, err) = reload(&service.pid_file);
+    signal(old_worker, Signal::SIGCONT);
+    assert!(ok, "the reload failed: {err}");
+    assert!(out.contains("generation 2 is serving"), "{out}");
+    service.host.wait_for_log(
+        &format!("worker pid {old_worker} did not confirm that it stopped accepting"),
+        LONG,
+    );
+
+    for _ in 0..20 {
+        assert_eq!(identity(&http_get(addr).unwrap()).0, 2);
+    }
+    eventually("the old worker to exit", LONG, || {
+        (!alive(old_worker)).then_some(())
+    });
+}
+
+#[test]
 fn killing_the_new_supervisor_mid_reload_leaves_the_old_serving() {
     let dir = temp_dir();
     let faulty = build_plugin("faulty", None, &dir.path().join("faulty.so"));

@@ -46,8 +46,11 @@
 //!    accepts beside g's workers (no moment passes with nobody accepting),
 //!    and answers `Serving` once its `ready_to_take_over` returned. Every
 //!    worker serving, g+1 sends `ReadyToTakeOver` and is `TakingOver`. g
-//!    tells its workers to stop accepting (`Stop(Reload)`), answers
-//!    `Released`, and waits for the confirmation.
+//!    tells its workers to stop accepting (`Stop(Reload)`). Once each says
+//!    it took the stop (`StopTaken`: its stop flag is set and its stop fd
+//!    readable) or is gone, or after `STOP_TAKEN_WAIT` (1 s), g answers
+//!    `Released`, so that no old worker still accepts once g+1 is in charge,
+//!    and waits for the confirmation.
 //! 4. g+1, on `Released`, checks that every slot still has a live worker,
 //!    tells the anchor it serves, confirms with `TookOver`, and only then
 //!    rewrites the pid file (never empty for a reader) and the status file:

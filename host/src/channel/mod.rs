@@ -52,6 +52,9 @@ pub enum FromWorker {
     /// `ready_to_take_over` returned (after `Go`): the plugin accepts from
     /// now on.
     Serving,
+    /// It took a `Stop`: its stop flag is set and its stop fd readable, so
+    /// a plugin that checks the stop before each accept accepts no more.
+    StopTaken,
     /// Why the worker is giving up.
     Failed(String),
     /// State for the next generation's worker of the same slot.

@@ -35,6 +35,9 @@ fn every_message_round_trips() {
                 can_hot_reload: false,
             },
             FromWorker::Ready,
+            FromWorker::Serving,
+            FromWorker::StopTaken,
+            FromWorker::State(vec![0, 1, 2]),
             FromWorker::Failed("plugin panicked: ünïcode".into()),
         ],
     );

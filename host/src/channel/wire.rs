@@ -56,6 +56,7 @@ impl Wire for FromWorker {
             FromWorker::Loaded { can_hot_reload } => buf.extend([b'L', u8::from(*can_hot_reload)]),
             FromWorker::Ready => buf.push(b'R'),
             FromWorker::Serving => buf.push(b'S'),
+            FromWorker::StopTaken => buf.push(b'D'),
             FromWorker::Failed(reason) => {
                 buf.push(b'F');
                 push_text(buf, reason);
@@ -71,6 +72,7 @@ impl Wire for FromWorker {
             }),
             (b'R', []) => Some(FromWorker::Ready),
             (b'S', []) => Some(FromWorker::Serving),
+            (b'D', []) => Some(FromWorker::StopTaken),
             (b'F', reason) => Some(FromWorker::Failed(text(reason))),
             (b'T', state) => Some(FromWorker::State(state.to_vec())),
             _ => None,

@@ -8,7 +8,7 @@ use nix::unistd::Pid;
 
 use super::{
     later, Draining, Effect, Life, Machine, Notice, Reload, ReloadStage, Slot, StopCause,
-    WorkerState,
+    WorkerState, STOP_TAKEN_WAIT,
 };
 use crate::channel::{NewToOld, StopReason, ToWorker};
 
@@ -238,18 +238,21 @@ impl Machine {
                                 slot: index,
                                 failure: w.failure,
                                 killed: false,
+                                stop_taken: false,
                             });
                         }
                         Slot::Empty { .. } => {}
                     }
                 }
-                fx.push(Effect::Release);
                 self.life = Life::Serving {
                     reload: Some(Reload {
-                        stage: ReloadStage::Released,
+                        stage: ReloadStage::Releasing {
+                            until: later(now, STOP_TAKEN_WAIT),
+                        },
                         ..reload
                     }),
                 };
+                self.check_released(now, fx);
             }
             (NewToOld::TookOver, ReloadStage::Released) => {
                 tracing::info!(
@@ -274,13 +277,45 @@ impl Machine {
         }
     }
 
+    /// Stepping aside: answers `Released` once every worker we told to stop
+    /// took the stop or is gone, or once the wait for them is over.
+    pub(super) fn check_released(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let Life::Serving {
+            reload: Some(reload),
+        } = &mut self.life
+        else {
+            return;
+        };
+        let ReloadStage::Releasing { until } = reload.stage else {
+            return;
+        };
+        let waiting: Vec<Pid> = self
+            .draining
+            .iter()
+            .filter(|d| !d.stop_taken)
+            .map(|d| d.pid)
+            .collect();
+        if !waiting.is_empty() {
+            if now < until {
+                return;
+            }
+            for pid in waiting {
+                tracing::warn!(
+                    "worker pid {pid} did not confirm that it stopped accepting within {STOP_TAKEN_WAIT:?}: handing over anyway"
+                );
+            }
+        }
+        reload.stage = ReloadStage::Released;
+        fx.push(Effect::Release);
+    }
+
     /// The reload is over and we are still in charge: if our workers were
     /// already released, they are replaced at once.
     pub(super) fn reload_failed(&mut self, reason: String, now: Instant, fx: &mut Vec<Effect>) {
         let Life::Serving { reload } = &mut self.life else {
             return;
         };
-        let released = reload.is_some_and(|r| r.stage == ReloadStage::Released);
+        let released = reload.is_some_and(|r| r.stage != ReloadStage::Starting);
         if let Some(r) = reload.take() {
             fx.push(Effect::KillSuccessor { pid: r.successor });
         }

@@ -70,6 +70,10 @@ pub struct Reload {
 pub enum ReloadStage {
     /// The next generation starts its workers; ours serve.
     Starting,
+    /// It is ready and asked us to step aside: our workers were told to stop
+    /// accepting. Until each says it took the stop (or `until`), one of them
+    /// may still accept, so the next generation does not take charge yet.
+    Releasing { until: Instant },
     /// It is ready and asked us to step aside: our workers stopped accepting
     /// and drain; we wait for it to confirm that its workers serve.
     Released,
@@ -101,6 +105,12 @@ pub enum Slot {
 /// A worker that dies sooner than this after its start died young: its
 /// slot backs off.
 pub const YOUNG: Duration = Duration::from_secs(10);
+
+/// How long stepping aside waits for each of our workers to say it took the
+/// stop. A worker's link thread answers within milliseconds even under
+/// load; one that does not (stopped, or starved) no longer holds up the
+/// next generation once this passes.
+pub const STOP_TAKEN_WAIT: Duration = Duration::from_secs(1);
 
 /// The smallest step of the backoff, so that even `--respawn-delay 0` never
 /// makes a crashing plugin a busy loop.
@@ -168,6 +178,8 @@ pub struct Draining {
     pub slot: usize,
     pub failure: Option<String>,
     pub killed: bool,
+    /// It said it took the stop (`FromWorker::StopTaken`).
+    pub stop_taken: bool,
 }
 
 /// How a child process ended, as `waitpid` said.
@@ -410,9 +422,13 @@ impl Machine {
             }
             _ => None,
         };
-        let reload = self
-            .reload()
-            .and_then(|r| r.started.checked_add(self.timing.reload_timeout));
+        let reload = self.reload().and_then(|r| {
+            let timeout = r.started.checked_add(self.timing.reload_timeout);
+            match r.stage {
+                ReloadStage::Releasing { until } => timeout.map(|t| t.min(until)),
+                _ => timeout,
+            }
+        });
         let respawn = self.slots.iter().filter_map(|s| match s {
             Slot::Empty { respawn_at, .. } => *respawn_at,
             Slot::Running(_) => None,

@@ -121,10 +121,21 @@ fn reloading(workers: usize) -> Given {
     g
 }
 
-/// `reloading(workers)` after the new generation asked us to step aside.
-fn released(workers: usize) -> Given {
+/// `reloading(workers)` after the new generation asked us to step aside,
+/// our workers (101..) told to stop.
+fn releasing(workers: usize) -> Given {
     let mut g = reloading(workers);
     g.when(2, [Event::Successor(NewToOld::ReadyToTakeOver)]);
+    g
+}
+
+/// `releasing(workers)` once every worker took the stop: `Released` sent.
+fn released(workers: usize) -> Given {
+    let mut g = releasing(workers);
+    for slot in 0..workers {
+        g.when(2, [from(101 + slot as i32, FromWorker::StopTaken)]);
+    }
+    assert_eq!(g.m.reload().map(|r| r.stage), Some(ReloadStage::Released));
     g
 }
 
@@ -296,11 +307,57 @@ fn transitions() {
                     [
                         send(101, ToWorker::Stop(StopReason::Reload)),
                         send(102, ToWorker::Stop(StopReason::Reload)),
-                        Effect::Release,
                     ]
                 );
-                assert_eq!(g.m.reload().map(|r| r.stage), Some(ReloadStage::Released));
+                let until = g.at(3) + STOP_TAKEN_WAIT;
+                assert_eq!(g.m.reload().map(|r| r.stage), Some(ReloadStage::Releasing { until }));
+                assert_eq!(g.m.next_deadline(), Some(until));
                 assert_eq!(g.m.draining.len(), 2);
+            },
+        ),
+        (
+            "stepping aside: Released only once every worker took the stop or is gone (until then one may accept)",
+            || releasing(2),
+            2,
+            vec![from(101, FromWorker::StopTaken), exited(102, "was killed by SIGKILL")],
+            |g, fx| {
+                assert_eq!(fx, [Effect::Release]);
+                assert_eq!(g.m.reload().map(|r| r.stage), Some(ReloadStage::Released));
+            },
+        ),
+        (
+            "stepping aside: one worker's confirmation is not enough",
+            || releasing(2),
+            2,
+            vec![from(102, FromWorker::StopTaken)],
+            |g, fx| {
+                assert!(fx.is_empty(), "{fx:?}");
+                assert!(matches!(g.m.reload().map(|r| r.stage), Some(ReloadStage::Releasing { .. })));
+            },
+        ),
+        (
+            "stepping aside: a worker that never confirms holds up the hand-over for STOP_TAKEN_WAIT only",
+            || {
+                let mut g = releasing(2);
+                g.when(2, [from(101, FromWorker::StopTaken)]);
+                g
+            },
+            2 + STOP_TAKEN_WAIT.as_secs(),
+            vec![Event::Tick],
+            |g, fx| {
+                assert_eq!(fx, [Effect::Release]);
+                assert_eq!(g.m.reload().map(|r| r.stage), Some(ReloadStage::Released));
+            },
+        ),
+        (
+            "stepping aside: a new generation that dies before Released leaves us respawning every worker",
+            || releasing(1),
+            2,
+            vec![Event::SuccessorGone { reason: "pid 60 was killed by SIGKILL".into() }],
+            |g, fx| {
+                assert!(!fx.contains(&Effect::Release), "{fx:?}");
+                assert!(fx.contains(&Effect::ForkWorker { slot: 0, go: true }), "{fx:?}");
+                assert_eq!(g.m.life, Life::Serving { reload: None });
             },
         ),
         (

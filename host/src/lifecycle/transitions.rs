@@ -116,6 +116,7 @@ impl Machine {
                     slot,
                     failure: None,
                     killed: false,
+                    stop_taken: false,
                 });
             }
             Ok(pid) => {
@@ -155,6 +156,10 @@ impl Machine {
         if let Some(d) = self.draining.iter_mut().find(|d| d.pid == pid) {
             match message {
                 FromWorker::Failed(reason) => d.failure = Some(reason),
+                FromWorker::StopTaken => {
+                    d.stop_taken = true;
+                    return self.check_released(now, fx);
+                }
                 // For the next generation's worker of the same slot.
                 FromWorker::State(state) => match successor {
                     Some(_) => fx.push(Effect::HandState {
@@ -191,6 +196,9 @@ impl Machine {
             FromWorker::State(_) => {
                 tracing::debug!("worker pid {pid}: state ignored: it was not asked to hand over")
             }
+            FromWorker::StopTaken => {
+                tracing::debug!("worker pid {pid}: stop confirmed, but it was not asked to stop")
+            }
         }
         // `Go` to a worker that is ready before the next fork.
         self.check_started(now, fx);
@@ -201,7 +209,8 @@ impl Machine {
         if let Some(i) = self.draining.iter().position(|d| d.pid == pid) {
             let d = self.draining.remove(i);
             let because = d.failure.map(|r| format!(": {r}")).unwrap_or_default();
-            return tracing::info!("worker pid {pid} stopped ({}){because}", exit.how);
+            tracing::info!("worker pid {pid} stopped ({}){because}", exit.how);
+            return self.check_released(now, fx);
         }
         let Some(slot) = self.slot_of(pid) else {
             return tracing::debug!("reaped pid {pid} ({})", exit.how);
@@ -283,6 +292,7 @@ impl Machine {
                     slot: index,
                     failure: w.failure,
                     killed: false,
+                    stop_taken: false,
                 });
             }
         }
@@ -353,6 +363,7 @@ impl Machine {
                         return self.reload_failed(why, now, fx);
                     }
                 }
+                self.check_released(now, fx);
                 for (slot, s) in self.slots.iter_mut().enumerate() {
                     if let Slot::Empty {
                         respawn_at: Some(at),

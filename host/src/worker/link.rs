@@ -110,14 +110,21 @@ impl Link {
                         self.update(|s| s.go = true);
                     }
                     Ok(Received::Message(ToWorker::Stop(reason))) => {
-                        return match reason {
+                        match reason {
                             StopReason::Reload => {
                                 self.request_stop("a new generation took over", api::STOP_RELOAD)
                             }
                             StopReason::Shutdown => {
                                 self.request_stop("the host is stopping", api::STOP_SHUTDOWN)
                             }
-                        };
+                        }
+                        // The old generation hands over once every worker
+                        // says this: a plugin polling its stop fd before an
+                        // accept sees it from now on.
+                        if let Err(e) = self.channel.send(&FromWorker::StopTaken) {
+                            tracing::debug!("cannot confirm the stop: {e}");
+                        }
+                        return;
                     }
                     Ok(Received::Closed) => {
                         self.exit_if_never_served("the supervisor is gone");
