@@ -316,7 +316,8 @@ fn reload_until_the_new_generation_asks(
     (reloading, new_supervisor, new_worker)
 }
 
-/// Checks the outcome of a reload whose new worker was killed before `Go`:
+/// Checks the outcome of a reload whose new worker was killed before the
+/// takeover:
 /// generation 1 serves (within a few seconds, with a live worker) and goes
 /// on serving, the interrupted `host reload` reported a failure, nothing of
 /// generation 2 is left, and the next reload works.
@@ -368,11 +369,11 @@ fn assert_generation_1_serves_after_the_failed_takeover(
     check_serving(pid_file, now, 2).unwrap();
 }
 
-/// c) A new worker killed after it said it was ready, before it got the
-/// go-ahead, and before the old generation handled the request to step
-/// aside: the new generation must not take over without it.
+/// c) A new worker killed after it said it was ready, and before the old
+/// generation handled the request to step aside: the new generation must
+/// not take over without it.
 #[test]
-fn new_worker_killed_between_ready_and_go_leaves_the_old_generation_serving() {
+fn new_worker_killed_after_ready_before_the_takeover_leaves_the_old_generation_serving() {
     let dir = temp_dir();
     let pid_file = dir.path().join("faulty.pid");
     let faulty = start_faulty_for_kill_tests(dir.path(), &pid_file);
@@ -400,7 +401,7 @@ fn new_worker_killed_between_ready_and_go_leaves_the_old_generation_serving() {
 /// over, and the old generation resumes at once (not after the respawn
 /// delay).
 #[test]
-fn new_worker_killed_before_go_after_the_old_stepped_aside_lets_the_old_resume() {
+fn new_worker_killed_after_the_old_stepped_aside_lets_the_old_resume() {
     let dir = temp_dir();
     let pid_file = dir.path().join("faulty.pid");
     let faulty = start_faulty_for_kill_tests(dir.path(), &pid_file);

@@ -42,9 +42,9 @@
 //!    maps) and forks its workers, one fewer at a time than there are CPUs
 //!    (at least one): one CPU stays with g, which serves meanwhile. A plugin
 //!    whose `can_do_hot_reload()` is false fails the reload here, at once.
-//! 3. Each worker that calls `ready_to_take_over` gets `Go` at once and
-//!    accepts beside g's workers (no moment passes with nobody accepting),
-//!    and answers `Serving` once its `ready_to_take_over` returned. Every
+//! 3. Each worker that calls `ready_to_take_over` says `Serving` and accepts
+//!    from then on, beside g's workers (no moment passes with nobody
+//!    accepting); its head start (see `priority`) ends there. Every
 //!    worker serving, g+1 sends `ReadyToTakeOver` and is `TakingOver`. g
 //!    tells its workers to stop accepting (`Stop(Reload)`). Once each says
 //!    it took the stop (`StopTaken`: its stop flag is set and its stop fd

@@ -4,7 +4,7 @@
 //! which is serving at full tilt, so the few milliseconds its workers take
 //! to load the plugin stretch to tens. When the host is allowed to (root,
 //! or CAP_SYS_NICE, or RLIMIT_NICE), each new worker loads [`BOOST`] nice
-//! levels above the old ones and drops back when it gets `Go`. The
+//! levels above the old ones and drops back when it is ready. The
 //! supervisors keep their level: a boosted one (the old, or the new one
 //! copying the plugin) was measured to take the CPU from the serving
 //! workers beside it for up to 1.5 ms, the pause their clients felt. Without the privilege it simply starts at the same level.

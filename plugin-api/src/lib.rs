@@ -30,8 +30,8 @@
 //!
 //! impl SupervisedProcess for Hello {
 //!     fn supervised_process(&mut self, sup: &Supervisor) -> Result<(), String> {
-//!         // Initialise first, then wait for the go-ahead (at once unless
-//!         // this worker belongs to a hot-reloaded generation).
+//!         // Initialise first, then say so: the worker serves from then on
+//!         // (in a hot reload, beside the old generation's until they stop).
 //!         sup.ready_to_take_over()?;
 //!         let listeners = sup.listeners().map_err(|e| e.to_string())?;
 //!         while sup.ping_supervisor() {

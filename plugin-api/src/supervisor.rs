@@ -270,11 +270,12 @@ impl Supervisor {
         self.host.ping()
     }
 
-    /// Tells the supervisor this worker is initialised, then blocks until it
-    /// may serve. In the first generation that is at once; during a hot
-    /// reload, it returns when the old generation has stepped aside. Returns
-    /// an error when this generation is abandoned instead (the reload failed
-    /// elsewhere, or a stop was asked for): return from `supervised_process`.
+    /// Tells the supervisor this worker is initialised and serves from now
+    /// on; it returns at once. During a hot reload the old generation's
+    /// workers serve beside it until every new worker has called this, and
+    /// then stop accepting. Returns an error when this generation is
+    /// abandoned instead (the reload failed elsewhere, or a stop was asked
+    /// for): return from `supervised_process`.
     ///
     /// Plugins that can hot-reload must call it once, after initialising and
     /// before serving: a generation counts as started only when every worker

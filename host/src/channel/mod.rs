@@ -25,8 +25,6 @@ const MAX_TEXT: usize = 4096;
 /// supervisor -> worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ToWorker {
-    /// Serve: `ready_to_take_over` returns Ok.
-    Go,
     /// Stop accepting, finish what you hold, return (`ping_supervisor` turns false).
     Stop(StopReason),
     /// The state the previous generation's worker of this slot handed over.
@@ -47,10 +45,8 @@ pub enum StopReason {
 pub enum FromWorker {
     /// The plugin is built; it says whether it can hot-reload.
     Loaded { can_hot_reload: bool },
-    /// The plugin called `ready_to_take_over`.
-    Ready,
-    /// `ready_to_take_over` returned (after `Go`): the plugin accepts from
-    /// now on.
+    /// The plugin called `ready_to_take_over`, which returns: it is
+    /// initialised and accepts from now on.
     Serving,
     /// It took a `Stop`: its stop flag is set and its stop fd readable, so
     /// a plugin that checks the stop before each accept accepts no more.
@@ -66,7 +62,7 @@ pub enum FromWorker {
 pub enum NewToOld {
     /// Every worker is ready: step aside (stop accepting, answer `Released`).
     ReadyToTakeOver,
-    /// Our workers got `Go` and serve: finish and exit.
+    /// Our workers serve and we are in charge: finish and exit.
     TookOver,
     /// This generation gives up, and why: carry on.
     Failed(String),

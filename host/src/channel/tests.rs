@@ -19,7 +19,6 @@ fn every_message_round_trips() {
         &sup,
         &worker,
         &[
-            ToWorker::Go,
             ToWorker::Stop(StopReason::Reload),
             ToWorker::Stop(StopReason::Shutdown),
         ],
@@ -34,7 +33,6 @@ fn every_message_round_trips() {
             FromWorker::Loaded {
                 can_hot_reload: false,
             },
-            FromWorker::Ready,
             FromWorker::Serving,
             FromWorker::StopTaken,
             FromWorker::State(vec![0, 1, 2]),
@@ -132,8 +130,8 @@ mod properties {
                 send(a.as_raw_fd(), &bytes, MsgFlags::empty()).unwrap();
                 let _ = b.recv();
             }
-            a.send(&FromWorker::Ready).unwrap();
-            prop_assert_eq!(b.recv().unwrap(), Received::Message(FromWorker::Ready));
+            a.send(&FromWorker::Serving).unwrap();
+            prop_assert_eq!(b.recv().unwrap(), Received::Message(FromWorker::Serving));
         }
 
         #[test]

@@ -32,7 +32,6 @@ pub(super) fn text(payload: &[u8]) -> String {
 impl Wire for ToWorker {
     fn encode(&self, buf: &mut Vec<u8>) {
         match self {
-            ToWorker::Go => buf.push(b'G'),
             ToWorker::Stop(StopReason::Reload) => buf.extend([b'S', b'r']),
             ToWorker::Stop(StopReason::Shutdown) => buf.extend([b'S', b's']),
             ToWorker::State(state) => push_state(buf, state),
@@ -41,7 +40,6 @@ impl Wire for ToWorker {
 
     fn decode(tag: u8, payload: &[u8]) -> Option<Self> {
         match (tag, payload) {
-            (b'G', []) => Some(ToWorker::Go),
             (b'S', [b'r']) => Some(ToWorker::Stop(StopReason::Reload)),
             (b'S', [b's']) => Some(ToWorker::Stop(StopReason::Shutdown)),
             (b'T', state) => Some(ToWorker::State(state.to_vec())),
@@ -54,7 +52,6 @@ impl Wire for FromWorker {
     fn encode(&self, buf: &mut Vec<u8>) {
         match self {
             FromWorker::Loaded { can_hot_reload } => buf.extend([b'L', u8::from(*can_hot_reload)]),
-            FromWorker::Ready => buf.push(b'R'),
             FromWorker::Serving => buf.push(b'S'),
             FromWorker::StopTaken => buf.push(b'D'),
             FromWorker::Failed(reason) => {
@@ -70,7 +67,6 @@ impl Wire for FromWorker {
             (b'L', [flag @ (0 | 1)]) => Some(FromWorker::Loaded {
                 can_hot_reload: *flag == 1,
             }),
-            (b'R', []) => Some(FromWorker::Ready),
             (b'S', []) => Some(FromWorker::Serving),
             (b'D', []) => Some(FromWorker::StopTaken),
             (b'F', reason) => Some(FromWorker::Failed(text(reason))),

@@ -107,14 +107,13 @@ impl Machine {
             }
             return;
         }
-        // Each worker that is ready accepts from now on, beside the old
-        // ones (and beside the new ones still starting), so that the new
-        // code serves as soon as one worker can, and no moment passes with
+        // Each worker accepts as soon as it is ready, beside the old ones
+        // (and beside the new ones still starting), so that the new code
+        // serves as soon as one worker can, and no moment passes with
         // nobody accepting. The old workers are asked to stop only once
         // every new one says it accepts. Until the takeover is confirmed
         // the old generation stays in charge, and if this one fails, its
         // workers finish what they accepted.
-        self.send_go(fx);
         let serving = states(&self.slots);
         if !serving.iter().all(|s| *s == Some(WorkerState::Serving)) {
             return;
@@ -129,21 +128,6 @@ impl Machine {
                 self.life = Life::TakingOver { predecessor };
             }
             None => self.take_over(now, fx),
-        }
-    }
-
-    /// `Go` to each worker that is ready and was not sent it yet.
-    fn send_go(&mut self, fx: &mut Vec<Effect>) {
-        for slot in &mut self.slots {
-            if let Slot::Running(w) = slot {
-                if w.state == WorkerState::Ready {
-                    w.state = WorkerState::Going;
-                    fx.push(Effect::Send {
-                        pid: w.pid,
-                        message: ToWorker::Go,
-                    });
-                }
-            }
         }
     }
 
@@ -172,7 +156,7 @@ impl Machine {
                 self.check_started(now, fx);
             }
             Life::TakingOver { predecessor } => {
-                // Its workers already serve (they got Go when all were ready).
+                // Its workers already serve (each since it was ready).
                 tracing::info!("the previous generation (pid {predecessor}) is gone");
                 self.life = Life::Starting { predecessor: None };
                 self.take_over(now, fx);
@@ -181,7 +165,7 @@ impl Machine {
         }
     }
 
-    /// In charge (the workers got Go already): tells the anchor, then the
+    /// In charge (the workers serve already): tells the anchor, then the
     /// predecessor, then claims the files.
     pub(super) fn take_over(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         let predecessor = self.predecessor();

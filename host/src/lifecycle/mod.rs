@@ -146,23 +146,17 @@ pub enum WorkerState {
     Loaded {
         can_hot_reload: bool,
     },
-    /// It called `ready_to_take_over`.
-    Ready,
-    /// It was sent `Go`.
-    Going,
-    /// Its `ready_to_take_over` returned: it accepts.
+    /// It called `ready_to_take_over`: it is initialised and accepts.
     Serving,
 }
 
 impl WorkerState {
-    /// Whether its plugin is initialised: ready, or built if it cannot
-    /// hot-reload (and so never says ready).
+    /// Whether its plugin is initialised: serving, or built if it cannot
+    /// hot-reload (and so never calls `ready_to_take_over`).
     pub fn initialised(self) -> bool {
         matches!(
             self,
-            WorkerState::Ready
-                | WorkerState::Going
-                | WorkerState::Serving
+            WorkerState::Serving
                 | WorkerState::Loaded {
                     can_hot_reload: false
                 }
@@ -243,10 +237,12 @@ pub enum Event {
 /// Something the supervisor must do, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
-    /// Fork a worker for `slot`; `go`: it may serve at once. Answer with `Event::Forked`.
+    /// Fork a worker for `slot`; `head_start`: a reload's new worker, which
+    /// loads ahead of the serving ones until it is ready (see `priority`).
+    /// Answer with `Event::Forked`.
     ForkWorker {
         slot: usize,
-        go: bool,
+        head_start: bool,
     },
     Send {
         pid: Pid,

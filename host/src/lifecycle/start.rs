@@ -33,7 +33,7 @@ impl Machine {
         while self.next_start < self.slots.len() && at_once < self.start_at_once.max(1) {
             fx.push(Effect::ForkWorker {
                 slot: self.next_start,
-                go: !self.inherited,
+                head_start: self.inherited,
             });
             self.next_start += 1;
             at_once += 1;

@@ -104,7 +104,7 @@ fn serving(workers: usize) -> Given {
     g.m.start();
     for slot in 0..workers {
         let w = 101 + slot as i32;
-        g.when(0, [forked(slot), loaded(w), from(w, FromWorker::Ready)]);
+        g.when(0, [forked(slot), loaded(w), from(w, FromWorker::Serving)]);
     }
     assert_eq!(g.m.life, Life::Serving { reload: None });
     g
@@ -147,9 +147,13 @@ fn new_generation_loaded(workers: usize) -> Given {
         t0,
     };
     let start = g.m.start();
-    assert!(start
-        .iter()
-        .all(|e| matches!(e, Effect::ForkWorker { go: false, .. })));
+    assert!(start.iter().all(|e| matches!(
+        e,
+        Effect::ForkWorker {
+            head_start: true,
+            ..
+        }
+    )));
     for slot in 0..workers {
         g.when(0, [forked(slot), loaded(101 + slot as i32)]);
     }
@@ -159,9 +163,6 @@ fn new_generation_loaded(workers: usize) -> Given {
 /// `new_generation_loaded(workers)` once all are ready: taking over.
 fn taking_over(workers: usize) -> Given {
     let mut g = new_generation_loaded(workers);
-    for slot in 0..workers {
-        g.when(0, [from(101 + slot as i32, FromWorker::Ready)]);
-    }
     for slot in 0..workers {
         g.when(0, [from(101 + slot as i32, FromWorker::Serving)]);
     }
@@ -186,14 +187,20 @@ fn first_generation_serves_once_every_worker_is_ready_or_cannot_hot_reload() {
         m.start(),
         [
             Effect::WriteStatus,
-            Effect::ForkWorker { slot: 0, go: true },
-            Effect::ForkWorker { slot: 1, go: true },
+            Effect::ForkWorker {
+                slot: 0,
+                head_start: false
+            },
+            Effect::ForkWorker {
+                slot: 1,
+                head_start: false
+            },
         ]
     );
     m.handle(forked(0), t0);
     m.handle(forked(1), t0);
     m.handle(loaded(101), t0);
-    assert!(m.handle(from(101, FromWorker::Ready), t0).is_empty());
+    assert!(m.handle(from(101, FromWorker::Serving), t0).is_empty());
     let no_reload = from(
         102,
         FromWorker::Loaded {
@@ -356,7 +363,7 @@ fn transitions() {
             vec![Event::SuccessorGone { reason: "pid 60 was killed by SIGKILL".into() }],
             |g, fx| {
                 assert!(!fx.contains(&Effect::Release), "{fx:?}");
-                assert!(fx.contains(&Effect::ForkWorker { slot: 0, go: true }), "{fx:?}");
+                assert!(fx.contains(&Effect::ForkWorker { slot: 0, head_start: false }), "{fx:?}");
                 assert_eq!(g.m.life, Life::Serving { reload: None });
             },
         ),
@@ -417,7 +424,7 @@ fn transitions() {
             3,
             vec![Event::SuccessorGone { reason: "the new generation (pid 60) was killed by SIGKILL".into() }],
             |g, fx| {
-                let forks: Vec<_> = fx.iter().filter(|e| matches!(e, Effect::ForkWorker { go: true, .. })).collect();
+                let forks: Vec<_> = fx.iter().filter(|e| matches!(e, Effect::ForkWorker { head_start: false, .. })).collect();
                 assert_eq!(forks.len(), 2, "{fx:?}");
                 assert!(fx.contains(&Effect::ClaimPidFile));
                 assert!(fx.contains(&Effect::KillSuccessor { pid: pid(NEW) }));
@@ -433,7 +440,7 @@ fn transitions() {
             3,
             vec![Event::Successor(NewToOld::Failed("a worker of the new generation is gone".into()))],
             |g, fx| {
-                assert!(fx.contains(&Effect::ForkWorker { slot: 0, go: true }));
+                assert!(fx.contains(&Effect::ForkWorker { slot: 0, head_start: false }));
                 assert_eq!(g.m.life, Life::Serving { reload: None });
             },
         ),
@@ -458,56 +465,27 @@ fn transitions() {
             },
             15,
             vec![Event::Tick],
-            |_, fx| assert_eq!(fx, [Effect::ForkWorker { slot: 0, go: true }]),
+            |_, fx| assert_eq!(fx, [Effect::ForkWorker { slot: 0, head_start: false }]),
         ),
         (
-            "new generation: each worker gets Go (accepting beside the old ones) as soon as it is ready, once",
+            "new generation: a worker that is ready accepts beside the old ones; the predecessor is not asked yet",
             || new_generation_loaded(2),
             1,
-            vec![from(101, FromWorker::Ready)],
+            vec![from(101, FromWorker::Serving)],
             |g, fx| {
-                assert_eq!(fx, [send(101, ToWorker::Go)]);
+                assert!(fx.is_empty(), "{fx:?}");
                 assert!(matches!(g.m.life, Life::Starting { .. }));
                 assert!(!g.m.in_charge());
-            },
-        ),
-        (
-            "new generation: the next ready worker gets its Go, the first none again",
-            || new_generation_loaded(2),
-            1,
-            vec![from(101, FromWorker::Ready), from(102, FromWorker::Ready)],
-            |g, fx| {
-                assert_eq!(fx, [send(102, ToWorker::Go)]);
-                assert!(matches!(g.m.life, Life::Starting { .. }));
             },
         ),
         (
             "new generation: once every worker says it accepts, the predecessor is asked to step aside, by message",
             || new_generation_loaded(2),
             1,
-            vec![
-                from(101, FromWorker::Ready),
-                from(102, FromWorker::Ready),
-                from(101, FromWorker::Serving),
-                from(102, FromWorker::Serving),
-            ],
+            vec![from(101, FromWorker::Serving), from(102, FromWorker::Serving)],
             |g, fx| {
                 assert_eq!(fx, [Effect::ToPredecessor(NewToOld::ReadyToTakeOver)]);
                 assert!(!g.m.in_charge());
-            },
-        ),
-        (
-            "new generation: one worker accepting is not enough",
-            || new_generation_loaded(2),
-            1,
-            vec![
-                from(101, FromWorker::Ready),
-                from(102, FromWorker::Ready),
-                from(101, FromWorker::Serving),
-            ],
-            |g, fx| {
-                assert!(fx.is_empty());
-                assert!(matches!(g.m.life, Life::Starting { .. }));
             },
         ),
         (
@@ -655,7 +633,7 @@ fn durations_far_in_the_future_never_overflow() {
     m.start();
     m.handle(forked(0), t0);
     m.handle(loaded(101), t0);
-    m.handle(from(101, FromWorker::Ready), t0);
+    m.handle(from(101, FromWorker::Serving), t0);
     m.handle(Event::ReloadSignal, t0);
     m.handle(Event::Spawned(Ok(pid(NEW))), t0);
     m.handle(Event::Tick, t0);
@@ -679,7 +657,10 @@ fn a_slot_whose_workers_die_young_backs_off_and_recovers() {
         now += (at - g.at(now)).as_secs();
         assert_eq!(
             g.when(now, [Event::Tick]),
-            [Effect::ForkWorker { slot: 0, go: true }]
+            [Effect::ForkWorker {
+                slot: 0,
+                head_start: false
+            }]
         );
         worker += 1;
         g.when(
@@ -750,8 +731,7 @@ fn a_standby_is_wanted_only_while_serving_idle_with_a_plugin_that_can_hot_reload
 }
 
 /// A generation starts at most `start_at_once` workers loading at a time:
-/// each one ready (or built, if it cannot hot-reload) lets the next start,
-/// and the first ready gets its `Go` before the last is forked.
+/// each one ready (or built, if it cannot hot-reload) lets the next start.
 #[test]
 fn workers_start_a_few_at_a_time() {
     let t0 = Instant::now();
@@ -760,7 +740,10 @@ fn workers_start_a_few_at_a_time() {
     let forks = |fx: &[Effect]| -> Vec<usize> {
         fx.iter()
             .filter_map(|e| match e {
-                Effect::ForkWorker { slot, go: false } => Some(*slot),
+                Effect::ForkWorker {
+                    slot,
+                    head_start: true,
+                } => Some(*slot),
                 _ => None,
             })
             .collect()
@@ -772,16 +755,15 @@ fn workers_start_a_few_at_a_time() {
     for w in [101, 102] {
         assert_eq!(forks(&m.handle(loaded(w), t0)), [] as [usize; 0]);
     }
-    let fx = m.handle(from(101, FromWorker::Ready), t0);
+    let fx = m.handle(from(101, FromWorker::Serving), t0);
     assert_eq!(forks(&fx), [2]);
-    assert!(fx.contains(&send(101, ToWorker::Go)));
     m.handle(forked(2), t0);
-    let fx = m.handle(from(102, FromWorker::Ready), t0);
+    let fx = m.handle(from(102, FromWorker::Serving), t0);
     assert_eq!(forks(&fx), [3]);
     m.handle(forked(3), t0);
     // Nothing left to start.
     assert_eq!(
-        forks(&m.handle(from(103, FromWorker::Ready), t0)),
+        forks(&m.handle(from(103, FromWorker::Serving), t0)),
         [] as [usize; 0]
     );
 }

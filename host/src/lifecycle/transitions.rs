@@ -190,7 +190,6 @@ impl Machine {
                     return self.fail_start(why.into(), now, fx);
                 }
             }
-            FromWorker::Ready => w.state = WorkerState::Ready,
             FromWorker::Serving => w.state = WorkerState::Serving,
             FromWorker::Failed(reason) => w.failure = Some(reason),
             FromWorker::State(_) => {
@@ -200,7 +199,6 @@ impl Machine {
                 tracing::debug!("worker pid {pid}: stop confirmed, but it was not asked to stop")
             }
         }
-        // `Go` to a worker that is ready before the next fork.
         self.check_started(now, fx);
         self.start_more(fx);
     }
@@ -375,7 +373,10 @@ impl Machine {
                                 respawn_at: None,
                                 crashes: *crashes,
                             };
-                            fx.push(Effect::ForkWorker { slot, go: true });
+                            fx.push(Effect::ForkWorker {
+                                slot,
+                                head_start: false,
+                            });
                         }
                     }
                 }

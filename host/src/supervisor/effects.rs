@@ -18,9 +18,9 @@ impl Runtime {
     pub(super) fn perform(&mut self, effects: Vec<Effect>) -> Result<Outcome, Error> {
         for effect in effects {
             let answer = match effect {
-                Effect::ForkWorker { slot, go } => Some(Event::Forked {
+                Effect::ForkWorker { slot, head_start } => Some(Event::Forked {
                     slot,
-                    result: self.fork_worker(slot, go)?,
+                    result: self.fork_worker(slot, head_start)?,
                 }),
                 Effect::SpawnSuccessor { generation } => Some(self.spawn_successor(generation)),
                 Effect::Send { pid, message } => {

@@ -14,13 +14,13 @@ use crate::signals;
 use crate::worker;
 
 impl Runtime {
-    /// Forks a worker for `slot`; `go`: it may serve at once. The outer error
+    /// Forks a worker for `slot` (`head_start`: see `Effect::ForkWorker`). The outer error
     /// is fatal to the supervisor (its signal mask is lost); the inner one is
     /// a fork that did not happen.
     pub(super) fn fork_worker(
         &mut self,
         slot: usize,
-        go: bool,
+        head_start: bool,
     ) -> Result<Result<Pid, String>, Error> {
         let (ours, theirs) = match ToWorkerEnd::pair() {
             Ok(pair) => pair,
@@ -37,7 +37,7 @@ impl Runtime {
             snapshot: &self.snapshot,
             listener_fds: self.listeners.raw_fds(),
             plugin_args: &self.config.plugin_args,
-            go,
+            head_start,
             base_nice: self.base_nice,
             heartbeat: None,
             slot,

@@ -1,5 +1,5 @@
 //! The worker's side of the supervisor channel: the link thread, the stop
-//! flag `ping_supervisor` reads, readiness and `Go`.
+//! flag `ping_supervisor` reads, and readiness.
 
 use super::*;
 
@@ -22,9 +22,10 @@ pub(super) struct Link {
 
 #[derive(Default)]
 pub(super) struct LinkState {
-    pub(super) go: bool,
+    /// It may serve: from the start, or, for a reload's new worker, once it
+    /// is ready. A worker stopped before that has nothing to finish.
+    pub(super) started: bool,
     pub(super) stop: bool,
-    pub(super) ready_sent: bool,
     pub(super) serving_sent: bool,
     /// Why it stops (`plugin_api::ffi::STOP_*`), from the first stop.
     pub(super) reason: u8,
@@ -38,7 +39,7 @@ pub(super) struct LinkState {
 impl Link {
     pub(super) fn new(
         channel: WorkerEnd,
-        go: bool,
+        head_start: bool,
         base_nice: Option<i32>,
         shutdown_timeout: Duration,
     ) -> Result<Link, (WorkerEnd, nix::Error)> {
@@ -50,7 +51,7 @@ impl Link {
             channel,
             stop: AtomicBool::new(false),
             state: Mutex::new(LinkState {
-                go,
+                started: !head_start,
                 ..LinkState::default()
             }),
             changed: Condvar::new(),
@@ -99,16 +100,6 @@ impl Link {
                     Ok(Received::Message(ToWorker::State(state))) => {
                         self.update(|s| s.inherited = Some(state))
                     }
-                    Ok(Received::Message(ToWorker::Go)) => {
-                        // Before the plugin goes on: a thread it starts
-                        // from then on must not inherit the head start.
-                        if let Some(nice) = self.base_nice {
-                            if let Err(e) = priority::set_all_threads(nice) {
-                                tracing::warn!("cannot return to nice {nice}: {e}");
-                            }
-                        }
-                        self.update(|s| s.go = true);
-                    }
                     Ok(Received::Message(ToWorker::Stop(reason))) => {
                         match reason {
                             StopReason::Reload => {
@@ -144,10 +135,15 @@ impl Link {
     }
 
     /// A worker of a generation abandoned before it served (its supervisor
-    /// was killed, or a signal came before `Go`) has nothing to finish, and
+    /// was killed, or a signal came before it was ready) has nothing to finish, and
     /// a plugin stuck in its start-up must not linger: it exits at once.
     pub(super) fn exit_if_never_served(&self, why: &str) {
-        if self.state.lock().unwrap_or_else(PoisonError::into_inner).go {
+        if self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .started
+        {
             return;
         }
         tracing::debug!("{why} before this worker could serve: exiting");
@@ -179,26 +175,25 @@ impl Link {
         let _ = nix::unistd::write(&self.stop_write, b"s");
     }
 
+    /// The worker accepts from now on, beside the old generation's until
+    /// they stop (which they do once every new worker said this).
     pub(super) fn ready_to_take_over(&self) -> Result<(), String> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if !state.ready_sent {
-            state.ready_sent = true;
-            self.channel
-                .send(&FromWorker::Ready)
-                .map_err(|e| format!("cannot tell the supervisor: {e}"))?;
-        }
-        let state = self
-            .changed
-            .wait_while(state, |s| !s.go && !s.stop)
-            .unwrap_or_else(PoisonError::into_inner);
         if state.stop {
             return Err("this worker was asked to stop before it could take over".to_owned());
         }
+        if !state.started {
+            // Before the plugin goes on: a thread it starts from then on
+            // must not inherit the head start.
+            if let Some(nice) = self.base_nice {
+                if let Err(e) = priority::set_all_threads(nice) {
+                    tracing::warn!("cannot return to nice {nice}: {e}");
+                }
+            }
+            state.started = true;
+        }
         if !state.serving_sent {
-            let mut state = state;
             state.serving_sent = true;
-            // The old generation is asked to stop accepting once every new
-            // worker says this.
             self.channel
                 .send(&FromWorker::Serving)
                 .map_err(|e| format!("cannot tell the supervisor: {e}"))?;

@@ -49,11 +49,12 @@ pub struct Spec<'a> {
     pub snapshot: &'a Snapshot,
     pub listener_fds: Vec<RawFd>,
     pub plugin_args: &'a [String],
-    /// Whether `ready_to_take_over` may return at once.
-    pub go: bool,
-    /// The nice value to serve at, in a generation that may start with a
-    /// head start (see `priority`): taken at `Go`, or at once if `go` is
-    /// already true.
+    /// A reload's new worker: it loads with a head start (see `priority`)
+    /// until its `ready_to_take_over`.
+    pub head_start: bool,
+    /// The nice value to serve at, when priorities may change (see
+    /// `priority`): taken at once, or by a worker with a head start when it
+    /// is ready.
     pub base_nice: Option<i32>,
     /// With `--watchdog`: the page `ping_supervisor` beats in.
     pub heartbeat: Option<&'static Heartbeat>,
@@ -82,16 +83,22 @@ fn live(channel: WorkerEnd, spec: Spec<'_>) -> i32 {
         }
     };
     // A new generation's worker loads with a head start when allowed,
-    // until `Go` (see `priority`); any other serves at the usual level.
+    // until it is ready (see `priority`); any other serves at the usual
+    // level.
     if let Some(nice) = spec.base_nice {
-        let nice = if spec.go {
-            nice
-        } else {
+        let nice = if spec.head_start {
             nice - priority::BOOST
+        } else {
+            nice
         };
         let _ = priority::set(0, nice);
     }
-    let link = match Link::new(channel, spec.go, spec.base_nice, spec.shutdown_timeout) {
+    let link = match Link::new(
+        channel,
+        spec.head_start,
+        spec.base_nice,
+        spec.shutdown_timeout,
+    ) {
         Ok(link) => Arc::new(link),
         Err((channel, e)) => {
             let _ = channel.send(&FromWorker::Failed(format!("worker setup failed: {e}")));
