@@ -117,10 +117,19 @@ impl Snapshot {
         // rewritten between the two reads.
         check_elf(&copy, len).map_err(|problem| bad(problem.into()))?;
         let memfd = OwnedFd::from(copy);
+        // F_SEAL_FUTURE_WRITE, not F_SEAL_WRITE: the latter first waits for
+        // every page to be free of extra references, up to about 150 ms, and
+        // then fails with EBUSY. A kernel thread that tries to reclaim pages
+        // (DAMON's, on the machine where this was traced) holds such
+        // references for a moment, and for longer when it is starved of CPU:
+        // a reload under heavy load failed that way once in about 300. What F_SEAL_WRITE adds (denying
+        // writable shared mappings that exist already, and writes in
+        // flight through pinned pages) cannot apply: nothing ever mapped
+        // this memfd, and no other process holds it.
         let seals = SealFlag::F_SEAL_SEAL
             | SealFlag::F_SEAL_SHRINK
             | SealFlag::F_SEAL_GROW
-            | SealFlag::F_SEAL_WRITE;
+            | SealFlag::F_SEAL_FUTURE_WRITE;
         fcntl(&memfd, FcntlArg::F_ADD_SEALS(seals))
             .map_err(|e| bad(format!("cannot seal the snapshot: {e}")))?;
         Ok(Snapshot {
@@ -322,5 +331,29 @@ mod tests {
         file.write_all(&[0xa5; 1 << 20]).unwrap();
         assert_eq!(super::loaded_extent(&file, exe.len() as u64), Ok(extent));
         assert!(check(&exe[..extent as usize]).is_ok());
+    }
+
+    /// Sealed against every change, whether copied into a room or not, and
+    /// with the seal that never waits (see `Snapshot::take`).
+    #[test]
+    fn the_snapshot_cannot_be_changed() {
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        let exe = std::env::current_exe().unwrap();
+        for room in [None, super::Room::reserve(&exe)] {
+            let snapshot = super::Snapshot::take(&exe, true, room).unwrap();
+            let seals = fcntl(&snapshot.memfd, FcntlArg::F_GET_SEALS).unwrap();
+            let seals = SealFlag::from_bits_truncate(seals);
+            let want = SealFlag::F_SEAL_SEAL
+                | SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_FUTURE_WRITE;
+            assert_eq!(seals, want);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(snapshot.load_path())
+                .unwrap();
+            assert!(file.write_all(b"changed").is_err());
+            assert!(file.set_len(1).is_err());
+        }
     }
 }
