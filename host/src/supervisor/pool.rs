@@ -10,6 +10,7 @@ use super::runtime::{Runtime, WorkerLink};
 use crate::channel::ToWorkerEnd;
 use crate::error::Error;
 use crate::heartbeat::Heartbeat;
+use crate::priority;
 use crate::signals;
 use crate::worker;
 
@@ -47,6 +48,14 @@ impl Runtime {
             return Ok(Err(e));
         }
         let mask = signals::block_all().map_err(Error::os("cannot block signals"))?;
+        // A worker with a head start is born with it: one that had to take
+        // it itself first waited for the CPU at the usual level, which on a
+        // busy machine took 2-3 ms before it ran at all. This thread is
+        // raised only for the fork (the only one: see `single_threaded`).
+        let born_raised = self.base_nice.filter(|_| head_start);
+        if let Some(base) = born_raised {
+            let _ = priority::set(0, base - priority::BOOST);
+        }
         // SAFETY: the process has one thread (checked just above, and the
         // supervisor starts none), so the child is a faithful copy with no
         // lock held by a vanished thread; it only runs worker code, which
@@ -60,6 +69,7 @@ impl Runtime {
                 worker::run(theirs, worker::Spec { heartbeat, ..spec })
             }
             Ok(ForkResult::Parent { child }) => {
+                lower_again(born_raised);
                 signals::restore(&mask).map_err(Error::os("cannot restore the signal mask"))?;
                 self.workers.push(WorkerLink {
                     pid: child,
@@ -69,9 +79,20 @@ impl Runtime {
                 Ok(Ok(child))
             }
             Err(e) => {
+                lower_again(born_raised);
                 signals::restore(&mask).map_err(Error::os("cannot restore the signal mask"))?;
                 Ok(Err(format!("cannot fork a worker: {e}")))
             }
+        }
+    }
+}
+
+/// Back to `base` after a fork with a head start. Lowering is always
+/// allowed; if raising was not, this changes nothing.
+fn lower_again(base: Option<i32>) {
+    if let Some(base) = base {
+        if let Err(e) = priority::set(0, base) {
+            tracing::warn!("cannot return to nice {base}: {e}");
         }
     }
 }
