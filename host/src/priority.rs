@@ -4,10 +4,13 @@
 //! which is serving at full tilt, so the few milliseconds its workers take
 //! to load the plugin stretch to tens. When the host is allowed to (root,
 //! or CAP_SYS_NICE, or RLIMIT_NICE), each new worker loads [`BOOST`] nice
-//! levels above the old ones and drops back when it is ready. The
-//! supervisors keep their level: a boosted one (the old, or the new one
-//! copying the plugin) was measured to take the CPU from the serving
-//! workers beside it for up to 1.5 ms, the pause their clients felt. Without the privilege it simply starts at the same level.
+//! levels above the old ones and drops back when it is ready. The old
+//! supervisor keeps its level, and so does the new one under a single
+//! serving worker: a boosted one (the old, or the new one copying the
+//! plugin) was measured to take the CPU from the serving worker for up to
+//! 1.5 ms, the pause its clients felt. Under several serving workers the
+//! new supervisor is raised (see [`supervisor_head_start`]) until it takes
+//! over. Without the privilege everything starts at the same level.
 //! Linux keeps the nice value per thread, so a worker resets every one of
 //! its threads. A standby (see `reload::Standby`) waits as a batch job
 //! (SCHED_BATCH), so that its exec never preempts a worker that serves,
@@ -15,8 +18,21 @@
 
 use std::io;
 
-/// How many nice levels a starting generation is raised by.
+/// How many nice levels a starting generation's workers are raised by.
 pub const BOOST: i32 = 10;
+
+/// How many nice levels a starting supervisor is raised by, under a
+/// generation of `workers` serving workers: enough (each level weighs
+/// about 1.25 times the one below) for it to weigh about as much as they
+/// do together, up to [`BOOST`]. With one worker, none: a raised supervisor
+/// copying the plugin was measured to take the CPU from the one worker
+/// that serves (see the module docs). With sixteen, a supervisor at the
+/// usual level waited up to 9 ms for the CPU to copy a plugin it copies in
+/// 0.5 ms, and as long again to fork each worker.
+pub fn supervisor_head_start(workers: usize) -> i32 {
+    let levels = (workers.max(1) as f64).ln() / 1.25f64.ln();
+    (levels.round() as i32).clamp(0, BOOST)
+}
 
 /// This thread's nice value.
 pub fn current() -> io::Result<i32> {
@@ -74,4 +90,18 @@ pub fn set_batch(tid: i32, batch: bool) -> io::Result<()> {
 pub fn is_usual() -> bool {
     // SAFETY: plain system call about this thread; no memory is passed.
     unsafe { libc::sched_getscheduler(0) == libc::SCHED_OTHER }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_supervisor_is_raised_by_as_much_as_the_workers_it_joins_weigh() {
+        let levels: Vec<i32> = [0, 1, 2, 4, 8, 16, 1000]
+            .into_iter()
+            .map(supervisor_head_start)
+            .collect();
+        assert_eq!(levels, [0, 0, 3, 6, 9, 10, 10]);
+    }
 }

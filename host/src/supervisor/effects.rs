@@ -4,6 +4,7 @@
 use std::os::fd::{AsFd, AsRawFd};
 
 use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
 
 use super::runtime::{Outcome, Runtime};
 use crate::channel::OldToNew;
@@ -105,10 +106,18 @@ impl Runtime {
     /// still the host binary on disk.
     fn spawn_successor(&mut self, generation: u64) -> Event {
         let base_nice = priority::current().unwrap_or(0);
+        let raise = |pid: Pid| {
+            let levels = priority::supervisor_head_start(self.config.workers);
+            if levels > 0 {
+                // Fails without the privilege: it then starts at our level.
+                let _ = priority::set(pid.as_raw(), base_nice - levels);
+            }
+        };
         // A reload began: the next time we are in charge and idle, a new
         // standby is due.
         self.standby_started = false;
         if let Some(standby) = self.standby.take() {
+            raise(standby.pid());
             match standby.start(&self.config.exe, generation) {
                 Ok(successor) => {
                     let pid = successor.pid;
@@ -125,6 +134,7 @@ impl Runtime {
         match reload::spawn(&self.handoff(generation, Some(base_nice))) {
             Ok(successor) => {
                 let pid = successor.pid;
+                raise(pid);
                 self.successor = Some(successor);
                 Event::Spawned(Ok(pid))
             }
@@ -169,9 +179,15 @@ impl Runtime {
         }
     }
 
-    /// The head start is over: workers forked from now on (respawns)
-    /// start at the usual level.
+    /// The head start is over: this supervisor, if it was raised, and the
+    /// workers it forks from now on (respawns) are at the usual level.
     fn unboost(&mut self) {
-        self.base_nice = None;
+        if let Some(base) = self.base_nice.take() {
+            if priority::current().is_ok_and(|now| now != base) {
+                if let Err(e) = priority::set(0, base) {
+                    tracing::warn!("cannot return to nice {base}: {e}");
+                }
+            }
+        }
     }
 }

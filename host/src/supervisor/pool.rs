@@ -52,10 +52,13 @@ impl Runtime {
         // it itself first waited for the CPU at the usual level, which on a
         // busy machine took 2-3 ms before it ran at all. This thread is
         // raised only for the fork (the only one: see `single_threaded`).
-        let born_raised = self.base_nice.filter(|_| head_start);
-        if let Some(base) = born_raised {
-            let _ = priority::set(0, base - priority::BOOST);
-        }
+        let born_raised = match (head_start, self.base_nice, priority::current()) {
+            (true, Some(base), Ok(ours)) => {
+                let _ = priority::set(0, base - priority::BOOST);
+                Some(ours)
+            }
+            _ => None,
+        };
         // SAFETY: the process has one thread (checked just above, and the
         // supervisor starts none), so the child is a faithful copy with no
         // lock held by a vanished thread; it only runs worker code, which
@@ -87,12 +90,12 @@ impl Runtime {
     }
 }
 
-/// Back to `base` after a fork with a head start. Lowering is always
-/// allowed; if raising was not, this changes nothing.
-fn lower_again(base: Option<i32>) {
-    if let Some(base) = base {
-        if let Err(e) = priority::set(0, base) {
-            tracing::warn!("cannot return to nice {base}: {e}");
+/// Back to our own level after a fork with a head start. Lowering is
+/// always allowed; if raising was not, this changes nothing.
+fn lower_again(ours: Option<i32>) {
+    if let Some(nice) = ours {
+        if let Err(e) = priority::set(0, nice) {
+            tracing::warn!("cannot return to nice {nice}: {e}");
         }
     }
 }
