@@ -348,6 +348,47 @@ fn after_host_reload_returns_only_the_new_generation_accepts() {
     }
 }
 
+/// The nice value of every thread of `pid` (none once it is gone).
+fn thread_nice_values(pid: u32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .filter_map(|stat| {
+            // After "pid (comm) ": state is field 3, nice field 19.
+            let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+            fields.get(16)?.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn after_reloads_with_several_workers_nothing_keeps_a_head_start() {
+    let dir = temp_dir();
+    let service = start_service(dir.path(), &["--workers", "4"], &[]);
+    let addr = service.host.listen_addr();
+    for generation in 2..=4 {
+        let (ok, _, err) = reload(&service.pid_file);
+        assert!(ok, "reload to generation {generation} failed: {err}");
+        assert_eq!(identity(&http_get(addr).unwrap()).0, generation);
+    }
+    // The old generations' workers may still be finishing: wait until only
+    // the anchor, the supervisor and its four workers serve.
+    let processes = eventually("one generation left", LONG, || {
+        let p = service.host.serving_processes();
+        (p.len() == 6).then_some(p)
+    });
+    for pid in processes {
+        let nice = thread_nice_values(pid);
+        assert!(
+            nice.iter().all(|&n| n == 0),
+            "pid {pid} ({:?}) has threads at nice {nice:?}",
+            comm(pid)
+        );
+    }
+}
+
 #[test]
 fn killing_the_new_supervisor_mid_reload_leaves_the_old_serving() {
     let dir = temp_dir();
