@@ -182,6 +182,8 @@ pub struct Host {
     tag: String,
     /// The first generation's supervisor, once looked up.
     first_supervisor: std::sync::OnceLock<u32>,
+    /// `--pid-file`, if given.
+    pid_file: Option<PathBuf>,
 }
 
 /// Starts `host ARGS` with its stderr in `dir/host-N.log`, at the default
@@ -218,6 +220,11 @@ pub fn start_host_from(bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &str
         exit: None,
         tag: id,
         first_supervisor: std::sync::OnceLock::new(),
+        pid_file: args
+            .iter()
+            .position(|a| *a == "--pid-file")
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from),
     }
 }
 
@@ -365,7 +372,16 @@ impl Host {
     /// Waits until the first generation serves.
     pub fn wait_serving(&self) {
         self.wait_for_log("serving, started in", Duration::from_secs(20));
-        self.supervisor();
+        let supervisor = self.supervisor();
+        // The line is logged as the generation serves, just before it
+        // writes the files that `host reload` and `host status` read.
+        if let Some(pid_file) = &self.pid_file {
+            eventually(
+                "the status file to say serving",
+                Duration::from_secs(20),
+                || read_status(pid_file).filter(|s| s.serving(supervisor, 1)),
+            );
+        }
     }
 
     /// The first generation's supervisor: the child the anchor (the process
