@@ -18,6 +18,7 @@ mod handover;
 mod start;
 #[cfg(test)]
 mod tests;
+mod timers;
 mod transitions;
 
 use std::time::{Duration, Instant};
@@ -26,15 +27,7 @@ use nix::unistd::Pid;
 
 use crate::channel::{FromWorker, NewToOld, StopReason, ToWorker};
 
-/// The user's timing settings, all bounded at parse time.
-#[derive(Clone, Copy, Debug)]
-pub struct Timing {
-    pub respawn_delay: Duration,
-    /// The longest a crash-looping slot waits between respawns.
-    pub respawn_delay_max: Duration,
-    pub shutdown_timeout: Duration,
-    pub reload_timeout: Duration,
-}
+pub use timers::{later, Timing, STOP_TAKEN_WAIT, YOUNG};
 
 /// Where a generation is in its life.
 #[derive(Debug, PartialEq, Eq)]
@@ -100,33 +93,6 @@ pub enum Slot {
         crashes: u32,
     },
     Running(Worker),
-}
-
-/// A worker that dies sooner than this after its start died young: its
-/// slot backs off.
-pub const YOUNG: Duration = Duration::from_secs(10);
-
-/// How long stepping aside waits for each of our workers to say it took the
-/// stop. A worker's link thread answers within milliseconds even under
-/// load; one that does not (stopped, or starved) no longer holds up the
-/// next generation once this passes.
-pub const STOP_TAKEN_WAIT: Duration = Duration::from_secs(1);
-
-/// The smallest step of the backoff, so that even `--respawn-delay 0` never
-/// makes a crashing plugin a busy loop.
-const MIN_BACKOFF_STEP: Duration = Duration::from_millis(100);
-
-impl Timing {
-    /// The wait before respawning a slot whose workers died young `crashes`
-    /// times in a row: the base delay, then doubling up to the maximum.
-    pub fn respawn_delay(&self, crashes: u32) -> Duration {
-        if crashes <= 1 {
-            return self.respawn_delay;
-        }
-        let step = self.respawn_delay.max(MIN_BACKOFF_STEP);
-        let doubled = step.saturating_mul(2u32.saturating_pow((crashes - 1).min(31)));
-        doubled.min(self.respawn_delay_max.max(self.respawn_delay))
-    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -409,34 +375,6 @@ impl Machine {
             _ => None,
         }
     }
-
-    /// The earliest moment a `Tick` has something to do.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        let stop = match &self.life {
-            Life::Stopping { deadline, .. } if self.draining.iter().any(|d| !d.killed) => {
-                Some(*deadline)
-            }
-            _ => None,
-        };
-        let reload = self.reload().and_then(|r| {
-            let timeout = r.started.checked_add(self.timing.reload_timeout);
-            match r.stage {
-                ReloadStage::Releasing { until } => timeout.map(|t| t.min(until)),
-                _ => timeout,
-            }
-        });
-        let respawn = self.slots.iter().filter_map(|s| match s {
-            Slot::Empty { respawn_at, .. } => *respawn_at,
-            Slot::Running(_) => None,
-        });
-        stop.into_iter().chain(reload).chain(respawn).min()
-    }
-}
-
-/// `now + d`, saturating far in the future instead of overflowing.
-pub fn later(now: Instant, d: Duration) -> Instant {
-    now.checked_add(d)
-        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
 }
 
 impl StopReason {

@@ -336,55 +336,6 @@ impl Machine {
         fx.push(Effect::Exit(result));
     }
 
-    // ---- timers ----
-
-    pub(super) fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        match &self.life {
-            Life::Stopping { deadline, .. } => {
-                if now >= *deadline && self.draining.iter().any(|d| !d.killed) {
-                    tracing::warn!(
-                        "workers did not stop within {:?}: killing them",
-                        self.timing.shutdown_timeout
-                    );
-                    self.kill_draining(fx);
-                }
-            }
-            Life::Serving { reload } => {
-                if let Some(r) = reload {
-                    if r.started
-                        .checked_add(self.timing.reload_timeout)
-                        .is_some_and(|t| now >= t)
-                    {
-                        let timeout = self.timing.reload_timeout;
-                        let why =
-                            format!("the new generation did not take over within {timeout:?}");
-                        return self.reload_failed(why, now, fx);
-                    }
-                }
-                self.check_released(now, fx);
-                for (slot, s) in self.slots.iter_mut().enumerate() {
-                    if let Slot::Empty {
-                        respawn_at: Some(at),
-                        crashes,
-                    } = s
-                    {
-                        if *at <= now {
-                            *s = Slot::Empty {
-                                respawn_at: None,
-                                crashes: *crashes,
-                            };
-                            fx.push(Effect::ForkWorker {
-                                slot,
-                                head_start: false,
-                            });
-                        }
-                    }
-                }
-            }
-            Life::Starting { .. } | Life::TakingOver { .. } => {}
-        }
-    }
-
     // ---- lookups ----
 
     fn running_mut(&mut self, pid: Pid) -> Option<&mut Worker> {
