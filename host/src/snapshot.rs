@@ -39,6 +39,39 @@ pub struct Snapshot {
     memfd: OwnedFd,
 }
 
+/// Seals `memfd` against every change: F_SEAL_WRITE, or, if the kernel
+/// gives up waiting for its pages (EBUSY), F_SEAL_FUTURE_WRITE.
+///
+/// F_SEAL_WRITE first waits, up to about 150 ms, for every page to be free
+/// of extra references, then fails with EBUSY. A kernel thread that tries to
+/// reclaim pages (DAMON's, on the machine where this was traced) holds such
+/// references for a moment, and for longer when it is starved of CPU: a
+/// reload under heavy load failed that way once in about 300. What
+/// F_SEAL_WRITE adds over F_SEAL_FUTURE_WRITE (denying writable shared
+/// mappings that exist already, and writes in flight through pinned pages)
+/// cannot apply here: nothing ever mapped this memfd, and no other process
+/// holds it. F_SEAL_WRITE stays the first choice because older kernels
+/// also refuse, under F_SEAL_FUTURE_WRITE, the forced writes a debugger or
+/// a uprobe makes to a private mapping (a breakpoint in plugin code), and
+/// kernels before 5.1 do not know it.
+fn seal(memfd: &OwnedFd) -> nix::Result<()> {
+    let sealed = SealFlag::F_SEAL_SEAL | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW;
+    match fcntl(
+        memfd,
+        FcntlArg::F_ADD_SEALS(sealed | SealFlag::F_SEAL_WRITE),
+    ) {
+        Err(nix::errno::Errno::EBUSY) => {
+            tracing::debug!("pages of the snapshot are busy: sealing it for future writes");
+            fcntl(
+                memfd,
+                FcntlArg::F_ADD_SEALS(sealed | SealFlag::F_SEAL_FUTURE_WRITE),
+            )
+            .map(drop)
+        }
+        result => result.map(drop),
+    }
+}
+
 /// An in-memory file with its pages allocated for a plugin's copy, made
 /// ahead of [`Snapshot::take`] (by a standby, see `reload::Standby`):
 /// allocating the pages is most of what a copy costs (for hello-http,
@@ -117,21 +150,7 @@ impl Snapshot {
         // rewritten between the two reads.
         check_elf(&copy, len).map_err(|problem| bad(problem.into()))?;
         let memfd = OwnedFd::from(copy);
-        // F_SEAL_FUTURE_WRITE, not F_SEAL_WRITE: the latter first waits for
-        // every page to be free of extra references, up to about 150 ms, and
-        // then fails with EBUSY. A kernel thread that tries to reclaim pages
-        // (DAMON's, on the machine where this was traced) holds such
-        // references for a moment, and for longer when it is starved of CPU:
-        // a reload under heavy load failed that way once in about 300. What F_SEAL_WRITE adds (denying
-        // writable shared mappings that exist already, and writes in
-        // flight through pinned pages) cannot apply: nothing ever mapped
-        // this memfd, and no other process holds it.
-        let seals = SealFlag::F_SEAL_SEAL
-            | SealFlag::F_SEAL_SHRINK
-            | SealFlag::F_SEAL_GROW
-            | SealFlag::F_SEAL_FUTURE_WRITE;
-        fcntl(&memfd, FcntlArg::F_ADD_SEALS(seals))
-            .map_err(|e| bad(format!("cannot seal the snapshot: {e}")))?;
+        seal(&memfd).map_err(|e| bad(format!("cannot seal the snapshot: {e}")))?;
         Ok(Snapshot {
             source: path.to_owned(),
             memfd,
@@ -333,8 +352,7 @@ mod tests {
         assert!(check(&exe[..extent as usize]).is_ok());
     }
 
-    /// Sealed against every change, whether copied into a room or not, and
-    /// with the seal that never waits (see `Snapshot::take`).
+    /// Sealed against every change, whether copied into a room or not.
     #[test]
     fn the_snapshot_cannot_be_changed() {
         use nix::fcntl::{fcntl, FcntlArg, SealFlag};
@@ -346,7 +364,7 @@ mod tests {
             let want = SealFlag::F_SEAL_SEAL
                 | SealFlag::F_SEAL_SHRINK
                 | SealFlag::F_SEAL_GROW
-                | SealFlag::F_SEAL_FUTURE_WRITE;
+                | SealFlag::F_SEAL_WRITE;
             assert_eq!(seals, want);
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
@@ -355,5 +373,41 @@ mod tests {
             assert!(file.write_all(b"changed").is_err());
             assert!(file.set_len(1).is_err());
         }
+    }
+
+    /// Pages the kernel will not let go of in time (here, a writable shared
+    /// mapping: F_SEAL_WRITE refuses at once with EBUSY) still get sealed,
+    /// for future writes.
+    #[test]
+    fn busy_pages_are_sealed_for_future_writes() {
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+        use std::num::NonZeroUsize;
+        let memfd = super::new_memfd().unwrap();
+        let mut file = std::fs::File::from(memfd);
+        file.write_all(&[7; 4096]).unwrap();
+        let memfd = std::os::fd::OwnedFd::from(file);
+        let len = NonZeroUsize::new(4096).unwrap();
+        // SAFETY: a fresh shared mapping of a memfd this test owns; nothing
+        // else uses it, and it is unmapped below.
+        let map = unsafe {
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                &memfd,
+                0,
+            )
+        }
+        .unwrap();
+        super::seal(&memfd).unwrap();
+        let seals = SealFlag::from_bits_truncate(fcntl(&memfd, FcntlArg::F_GET_SEALS).unwrap());
+        assert!(seals.contains(SealFlag::F_SEAL_FUTURE_WRITE | SealFlag::F_SEAL_SEAL));
+        assert!(!seals.contains(SealFlag::F_SEAL_WRITE));
+        // SAFETY: `map` is the mapping made above, of `len` bytes, unused since.
+        unsafe { munmap(map, len.get()) }.unwrap();
+        let mut file = std::fs::File::from(memfd);
+        assert!(file.write_all(b"changed").is_err());
     }
 }
