@@ -379,10 +379,12 @@ fn after_reloads_with_several_workers_nothing_keeps_a_head_start() {
         let p = service.host.serving_processes();
         (p.len() == 6).then_some(p)
     });
+    // The host started at the level this test runs at.
+    let usual = thread_nice_values(std::process::id())[0];
     for pid in processes {
         let nice = thread_nice_values(pid);
         assert!(
-            nice.iter().all(|&n| n == 0),
+            nice.iter().all(|&n| n == usual),
             "pid {pid} ({:?}) has threads at nice {nice:?}",
             comm(pid)
         );
