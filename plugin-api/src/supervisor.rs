@@ -363,6 +363,11 @@ impl Supervisor {
                     continue;
                 }
                 ensure_nonblocking(listener);
+                // The stop may have come since the poll returned: the old
+                // generation hands over once its workers say they took it.
+                if !self.ping_supervisor() {
+                    return Ok(None);
+                }
                 match listener.accept() {
                     Ok(conn) => {
                         conn.0.set_nonblocking(false)?;

@@ -49,7 +49,8 @@ pub enum FromWorker {
     /// initialised and accepts from now on.
     Serving,
     /// It took a `Stop`: its stop flag is set and its stop fd readable, so
-    /// a plugin that checks the stop before each accept accepts no more.
+    /// a plugin that checks the stop before each accept accepts no more
+    /// (except from a thread already past that check: best effort).
     StopTaken,
     /// Why the worker is giving up.
     Failed(String),
@@ -74,7 +75,8 @@ pub enum OldToNew {
     /// To a standby (see `reload::spawn_standby`): start now, as
     /// generation `generation`.
     Start { generation: u64 },
-    /// My workers stopped accepting; take over.
+    /// My workers took the stop (or did not within a bounded wait, see
+    /// `STOP_TAKEN_WAIT`): take over.
     Released,
     /// What my worker in `slot` handed over, for yours.
     State { slot: u32, state: Vec<u8> },

@@ -204,6 +204,11 @@ impl Machine {
                     reload.generation,
                     reload.successor
                 );
+                // Workers still draining from an earlier reload were told
+                // to stop then: only the ones stopped now are waited for.
+                for d in &mut self.draining {
+                    d.stop_taken = true;
+                }
                 // Our workers stop accepting; what waits stays queued in the
                 // shared sockets for the new workers.
                 for (index, slot) in self.slots.iter_mut().enumerate() {

@@ -67,8 +67,8 @@ pub enum ReloadStage {
     /// accepting. Until each says it took the stop (or `until`), one of them
     /// may still accept, so the next generation does not take charge yet.
     Releasing { until: Instant },
-    /// It is ready and asked us to step aside: our workers stopped accepting
-    /// and drain; we wait for it to confirm that its workers serve.
+    /// We answered `Released`: our workers took the stop (or the wait ran
+    /// out) and drain; we wait for it to confirm that it took over.
     Released,
 }
 
@@ -185,7 +185,8 @@ pub enum Event {
     SuccessorGone {
         reason: String,
     },
-    /// The previous generation answered our request: its workers stopped accepting.
+    /// The previous generation answered our request: its workers took the
+    /// stop (or did not within `STOP_TAKEN_WAIT`).
     Released,
     /// The previous generation's channel closed: it is gone.
     PredecessorGone,
@@ -221,7 +222,8 @@ pub enum Effect {
     SpawnSuccessor {
         generation: u64,
     },
-    /// Tell the next generation its predecessor's workers stopped accepting.
+    /// Tell the next generation our workers took the stop (or the wait for
+    /// them is over): it may take over.
     Release,
     /// Forward a draining worker's state to the next generation.
     HandState {

@@ -333,6 +333,27 @@ fn transitions() {
             },
         ),
         (
+            "stepping aside: a worker still draining from an earlier reload does not hold up the next",
+            || {
+                // The first reload fails after we stepped aside: worker 101
+                // drains (it never confirms), slot 0 gets worker 201.
+                let mut g = releasing(1);
+                g.when(2, [Event::SuccessorGone { reason: "gone".into() }]);
+                g.when(2, [Event::Forked { slot: 0, result: Ok(pid(201)) }]);
+                g.when(2, [from(201, FromWorker::Loaded { can_hot_reload: true })]);
+                g.when(2, [from(201, FromWorker::Serving)]);
+                g.when(3, [Event::ReloadSignal, Event::Spawned(Ok(pid(NEW + 1)))]);
+                g.when(4, [Event::Successor(NewToOld::ReadyToTakeOver)]);
+                g
+            },
+            4,
+            vec![from(201, FromWorker::StopTaken)],
+            |g, fx| {
+                assert_eq!(fx, [Effect::Release]);
+                assert_eq!(g.m.draining.len(), 2);
+            },
+        ),
+        (
             "stepping aside: one worker's confirmation is not enough",
             || releasing(2),
             2,

@@ -88,12 +88,18 @@ impl Link {
                 }
             }
             if fds[1].any().unwrap_or(false) {
-                let name = match signal_fd.read_signal() {
-                    Ok(Some(info)) => signals::name(info.ssi_signo as i32),
-                    _ => "a signal",
+                let (name, watching) = match signal_fd.read_signal() {
+                    Ok(Some(info)) => (signals::name(info.ssi_signo as i32), true),
+                    Ok(None) => continue,
+                    Err(_) => ("a signal", false),
                 };
                 self.exit_if_never_served(name);
-                return self.request_stop(&format!("{name} received"), api::STOP_SHUTDOWN);
+                self.request_stop(&format!("{name} received"), api::STOP_SHUTDOWN);
+                if !watching {
+                    return;
+                }
+                // Still listening: a `Stop` that follows is confirmed.
+                continue;
             }
             if fds[0].any().unwrap_or(false) {
                 match self.channel.try_recv() {
