@@ -58,6 +58,14 @@ pub fn set(tid: i32, nice: i32) -> io::Result<()> {
     }
 }
 
+/// Returns the calling thread to `nice` after a head start. Lowering is
+/// always allowed; if raising was not, this changes nothing.
+pub fn return_to(nice: i32) {
+    if let Err(e) = set(0, nice) {
+        tracing::warn!("cannot return to nice {nice}: {e}");
+    }
+}
+
 /// Sets the nice value of every thread of this process.
 pub fn set_all_threads(nice: i32) -> io::Result<()> {
     for task in std::fs::read_dir("/proc/self/task")? {

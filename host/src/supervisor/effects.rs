@@ -183,11 +183,7 @@ impl Runtime {
     /// workers it forks from now on (respawns) are at the usual level.
     fn unboost(&mut self) {
         if let Some(base) = self.base_nice.take() {
-            if priority::current().is_ok_and(|now| now != base) {
-                if let Err(e) = priority::set(0, base) {
-                    tracing::warn!("cannot return to nice {base}: {e}");
-                }
-            }
+            priority::return_to(base);
         }
     }
 }

@@ -72,7 +72,9 @@ impl Runtime {
                 worker::run(theirs, worker::Spec { heartbeat, ..spec })
             }
             Ok(ForkResult::Parent { child }) => {
-                lower_again(born_raised);
+                if let Some(ours) = born_raised {
+                    priority::return_to(ours);
+                }
                 signals::restore(&mask).map_err(Error::os("cannot restore the signal mask"))?;
                 self.workers.push(WorkerLink {
                     pid: child,
@@ -82,20 +84,12 @@ impl Runtime {
                 Ok(Ok(child))
             }
             Err(e) => {
-                lower_again(born_raised);
+                if let Some(ours) = born_raised {
+                    priority::return_to(ours);
+                }
                 signals::restore(&mask).map_err(Error::os("cannot restore the signal mask"))?;
                 Ok(Err(format!("cannot fork a worker: {e}")))
             }
-        }
-    }
-}
-
-/// Back to our own level after a fork with a head start. Lowering is
-/// always allowed; if raising was not, this changes nothing.
-fn lower_again(ours: Option<i32>) {
-    if let Some(nice) = ours {
-        if let Err(e) = priority::set(0, nice) {
-            tracing::warn!("cannot return to nice {nice}: {e}");
         }
     }
 }
