@@ -100,6 +100,7 @@
 mod export;
 pub mod ffi;
 mod forward_log;
+mod stop;
 mod supervisor;
 #[cfg(feature = "tokio")]
 pub mod tokio;
@@ -107,7 +108,8 @@ pub mod tokio;
 pub use export::{on_thread_panic, ThreadPanic};
 /// The `log` crate: its records reach the host's log too, with their target.
 pub use log;
-pub use supervisor::{StopReason, StopToken, Supervisor};
+pub use stop::{StopReason, StopToken};
+pub use supervisor::Supervisor;
 /// The `tracing` crate, whose events (and span fields) reach the host's log.
 /// Its macros (`tracing::info!`, `span!`) work through this re-export; the
 /// `#[tracing::instrument]` attribute expands to `::tracing` paths, so a
