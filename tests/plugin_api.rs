@@ -604,3 +604,68 @@ fn a_worker_hands_its_state_to_the_next_generations_worker_of_its_slot() {
         }
     }
 }
+
+/// The voluntary context switches of every thread of `pids`: each time a
+/// thread went to sleep, so each time it had been woken.
+fn wakeups(pids: &[u32]) -> u64 {
+    let mut total = 0;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            total += status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+#[test]
+fn a_connection_wakes_one_waiting_worker_not_all_of_them() {
+    const WORKERS: usize = 8;
+    const REQUESTS: u64 = 200;
+    let dir = temp_dir();
+    let plugin = build_plugin("hello-http", None, &dir.path().join("libhello.so"));
+    let served = serve_plugin(dir.path(), &plugin, &["--workers", "8"], &[]);
+    let workers = eventually("8 workers", LONG, || {
+        let w = children(served.host.supervisor());
+        let w: Vec<u32> = w.into_iter().filter(|&p| !standby(p)).collect();
+        (w.len() == WORKERS).then_some(w)
+    });
+    let before = wakeups(&workers);
+    for _ in 0..REQUESTS {
+        http_get(served.addr).unwrap();
+    }
+    let woken = wakeups(&workers) - before;
+    // One wake-up per connection, plus each worker's ping timer (four a
+    // second) and its link thread: far below the 8 per connection of a
+    // thundering herd.
+    assert!(
+        woken < 3 * REQUESTS,
+        "{REQUESTS} connections woke the {WORKERS} workers' threads {woken} times"
+    );
+}
+
+#[test]
+fn waiting_workers_take_turns_at_connections() {
+    const WORKERS: usize = 4;
+    let dir = temp_dir();
+    let plugin = build_plugin("hello-http", None, &dir.path().join("libhello.so"));
+    let served = serve_plugin(dir.path(), &plugin, &["--workers", "4"], &[]);
+    eventually("4 workers", LONG, || {
+        (children(served.host.supervisor()).len() >= WORKERS).then_some(())
+    });
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..10 * WORKERS {
+        pids.insert(identity(&http_get(served.addr).unwrap()).1);
+    }
+    // A worker that has waited longest gets the next connection: one that
+    // came back to `accept` first does not keep getting them all (a new
+    // generation's workers must get connections while the old one's wait).
+    assert_eq!(pids.len(), WORKERS, "40 connections went to {pids:?}");
+}

@@ -104,6 +104,7 @@ mod stop;
 mod supervisor;
 #[cfg(feature = "tokio")]
 pub mod tokio;
+mod wake;
 
 pub use export::{on_thread_panic, ThreadPanic};
 /// The `log` crate: its records reach the host's log too, with their target.

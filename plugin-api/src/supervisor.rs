@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 
 use crate::ffi::{self, HostBox, HostExtrasRef};
 use crate::stop::{StopReason, StopToken};
+use crate::wake::{self, Woken};
 
 /// The longest a blocking wait here ([`StopToken::wait`],
 /// [`Supervisor::accept`]) sleeps before it looks at the stop again, which
@@ -178,57 +179,32 @@ impl Supervisor {
     /// Waits until one of `listeners` has a connection, and accepts it.
     /// Returns `Ok(None)` when the worker should stop instead. The stream
     /// returned is blocking.
+    ///
+    /// A connection wakes one waiting worker, not all of them, and waiting
+    /// workers take turns (see `wake.rs`). A connection this worker was
+    /// woken for before the stop came is still accepted and returned.
     pub fn accept(&self, listeners: &[TcpListener]) -> io::Result<Option<(TcpStream, SocketAddr)>> {
         let stop = self.supervisor_pipe();
+        let fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
         loop {
             if !self.ping_supervisor() {
                 return Ok(None);
             }
-            let mut fds: Vec<libc::pollfd> = listeners
-                .iter()
-                .map(|l| l.as_raw_fd())
-                .chain([stop])
-                .map(|fd| libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect();
-            // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd
-            // whose length we pass alongside it.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, WAKE_MS) };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            let listener = match wake::wait(&fds, stop, WAKE_MS)? {
+                Woken::Stop => return Ok(None),
+                Woken::Nothing => continue,
+                Woken::Connection(index) => &listeners[index],
+            };
+            ensure_nonblocking(listener);
+            match listener.accept() {
+                Ok(conn) => {
+                    conn.0.set_nonblocking(false)?;
+                    return Ok(Some(conn));
                 }
-                return Err(err);
-            }
-            // A stop wins over a waiting connection: it stays queued in the
-            // shared socket for the next generation to accept.
-            if fds.last().is_some_and(|stop| stop.revents != 0) {
-                return Ok(None);
-            }
-            for (listener, pfd) in listeners.iter().zip(&fds) {
-                if pfd.revents == 0 {
-                    continue;
-                }
-                ensure_nonblocking(listener);
-                // The stop may have come since the poll returned: the old
-                // generation hands over once its workers say they took it.
-                if !self.ping_supervisor() {
-                    return Ok(None);
-                }
-                match listener.accept() {
-                    Ok(conn) => {
-                        conn.0.set_nonblocking(false)?;
-                        return Ok(Some(conn));
-                    }
-                    // Another worker took it first.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
+                // Another worker took it first.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
     }

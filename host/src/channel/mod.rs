@@ -50,7 +50,8 @@ pub enum FromWorker {
     Serving,
     /// It took a `Stop`: its stop flag is set and its stop fd readable, so
     /// a plugin that checks the stop before each accept accepts no more
-    /// (except from a thread already past that check: best effort).
+    /// (best effort: a thread already past that check, or woken for a
+    /// connection that came before the stop, still accepts that one).
     StopTaken,
     /// Why the worker is giving up.
     Failed(String),

@@ -1,0 +1,99 @@
+//! The wait inside [`Supervisor::accept`](crate::Supervisor::accept): for a
+//! connection on one of the shared listeners, or for the stop.
+//!
+//! Every worker of every generation waits on the same listening sockets. A
+//! `poll` on them wakes every waiting worker for each connection; all but
+//! one find nothing to accept and sleep again. With 16 workers that
+//! thundering herd made each connection wake about nine processes, and it
+//! is CPU a starting generation waits for. Here each wait registers the
+//! listeners with `EPOLLEXCLUSIVE`, so the kernel wakes one waiting worker
+//! per connection.
+//!
+//! The epoll instance is made afresh for each wait, not kept: a
+//! registration joins the tail of the socket's wait queue, and the kernel
+//! wakes the first waiter in it. Registered once, the oldest workers would
+//! be first for ever, and the new generation's workers would get no
+//! connection while any old worker is idle. Registered per wait, workers
+//! take turns: the one that has waited longest gets the next connection.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// What ended a wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Woken {
+    /// The stop came, before any connection this wait was woken for.
+    Stop,
+    /// A connection waits on the listener at this index.
+    Connection(usize),
+    /// Nothing within the timeout (or a signal interrupted the wait).
+    Nothing,
+}
+
+/// The event key of the stop descriptor (listeners are keyed by index).
+const STOP: u64 = u64::MAX;
+
+/// Waits up to `timeout_ms` for a connection on `listeners` or for `stop`
+/// to become readable.
+///
+/// When both are ready, the one that came first wins: epoll reports events
+/// in the order they arrived. A connection the kernel woke this worker for
+/// before the stop came is accepted, not declined: no other worker was woken
+/// for it, and declining would leave it queued until the next connection
+/// (or a worker's timeout) wakes someone. A stop that came first wins, and
+/// a connection after it wakes another waiter (this one was no longer
+/// waiting), which is also why the stop is registered first: one that came
+/// before this wait began is reported ahead of a connection already queued.
+pub(crate) fn wait(listeners: &[RawFd], stop: RawFd, timeout_ms: i32) -> io::Result<Woken> {
+    // SAFETY: epoll_create1 takes no pointers and only returns a number.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is the new descriptor epoll_create1 just returned; no
+    // other owner exists, so OwnedFd closes it exactly once.
+    let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+    add(&epoll, stop, libc::EPOLLIN as u32, STOP)?;
+    for (index, &fd) in listeners.iter().enumerate() {
+        add(
+            &epoll,
+            fd,
+            (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
+            index as u64,
+        )?;
+    }
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+    // SAFETY: `events` is a valid, exclusively borrowed array, and its
+    // length is what we pass; the kernel writes at most that many entries.
+    let n = unsafe {
+        libc::epoll_wait(
+            epoll.as_raw_fd(),
+            events.as_mut_ptr(),
+            events.len() as i32,
+            timeout_ms,
+        )
+    };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        return match err.kind() {
+            io::ErrorKind::Interrupted => Ok(Woken::Nothing),
+            _ => Err(err),
+        };
+    }
+    Ok(match events[..n as usize].first().map(|e| e.u64) {
+        None => Woken::Nothing,
+        Some(STOP) => Woken::Stop,
+        Some(index) => Woken::Connection(index as usize),
+    })
+}
+
+fn add(epoll: &OwnedFd, fd: RawFd, events: u32, key: u64) -> io::Result<()> {
+    let mut event = libc::epoll_event { events, u64: key };
+    // SAFETY: `event` is a valid epoll_event the call only reads; `epoll`
+    // is open (we own it) and `fd` is a descriptor the caller keeps open
+    // for the whole wait.
+    match unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) } {
+        -1 => Err(io::Error::last_os_error()),
+        _ => Ok(()),
+    }
+}
