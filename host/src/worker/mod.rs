@@ -84,7 +84,9 @@ fn live(channel: WorkerEnd, spec: Spec<'_>) -> i32 {
     };
     // A new generation's worker loads with a head start when allowed,
     // until it is ready (see `priority`); any other serves at the usual
-    // level.
+    // level. A worker with a head start is normally born with it (see
+    // `fork_worker`); one without may be born from a supervisor that is
+    // itself raised until it takes over, and comes down here.
     if let Some(nice) = spec.base_nice {
         let nice = if spec.head_start {
             nice - priority::BOOST
