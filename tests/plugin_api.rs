@@ -651,10 +651,11 @@ fn a_connection_wakes_one_waiting_worker_not_all_of_them() {
     }
     let woken = wakeups(&workers) - before;
     let idle = (idle_per_sec * started.elapsed().as_secs_f64()).ceil() as u64;
-    // About one wake-up per connection beyond the idle ones; a thundering
-    // herd makes it about one per waiting worker (8).
+    // About one wake-up per connection beyond the idle ones (two when the
+    // worker reads before the request arrives); a thundering herd makes it
+    // about one per waiting worker (8).
     assert!(
-        woken.saturating_sub(idle) < 2 * REQUESTS,
+        woken.saturating_sub(idle) < 4 * REQUESTS,
         "{REQUESTS} connections woke the {WORKERS} workers' threads {woken} times \
          ({idle} of them expected without connections)"
     );

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -184,8 +184,10 @@ impl Supervisor {
     /// workers take turns (see `wake.rs`). A connection this worker was
     /// woken for before the stop came is still accepted and returned.
     pub fn accept(&self, listeners: &[TcpListener]) -> io::Result<Option<(TcpStream, SocketAddr)>> {
-        let stop = self.supervisor_pipe();
-        let fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+        // SAFETY: the host keeps the stop descriptor open for the whole
+        // life of the worker, so the borrow cannot outlive it.
+        let stop = unsafe { BorrowedFd::borrow_raw(self.supervisor_pipe()) };
+        let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.as_fd()).collect();
         loop {
             if !self.ping_supervisor() {
                 return Ok(None);

@@ -14,10 +14,20 @@
 //! wakes the first waiter in it. Registered once, the oldest workers would
 //! be first for ever, and the new generation's workers would get no
 //! connection while any old worker is idle. Registered per wait, workers
-//! take turns: the one that has waited longest gets the next connection.
+//! take turns: the one that has waited longest (since it last registered)
+//! gets the next connection. The price is a few system calls per wait; on
+//! kernels before 6.4, closing an epoll instance also takes a global lock.
+//!
+//! What a wake-one design costs: a worker the kernel woke for a connection
+//! and that then accepts nothing (its `accept` failed with EMFILE, say, or
+//! the stop was seen first) spent that connection's wake-up. The connection
+//! waits in the backlog for the next connection to wake someone, or for the
+//! next timeout of any waiting worker (`WAKE_MS`: at most 250 ms later),
+//! whose new registration finds it at once. With `poll`, every waiter
+//! woke, so this could not happen; the herd cost more.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// What ended a wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,14 +47,19 @@ const STOP: u64 = u64::MAX;
 /// to become readable.
 ///
 /// When both are ready, the one that came first wins: epoll reports events
-/// in the order they arrived. A connection the kernel woke this worker for
-/// before the stop came is accepted, not declined: no other worker was woken
-/// for it, and declining would leave it queued until the next connection
-/// (or a worker's timeout) wakes someone. A stop that came first wins, and
+/// in the order they arrived (and, for descriptors ready when added, in the
+/// order they were added). A connection that came before the stop is
+/// accepted, not declined: usually the kernel woke only this worker for it,
+/// and declining would leave it queued until the next connection (or a
+/// worker's timeout) wakes someone. A stop that came first wins, and
 /// a connection after it wakes another waiter (this one was no longer
 /// waiting), which is also why the stop is registered first: one that came
 /// before this wait began is reported ahead of a connection already queued.
-pub(crate) fn wait(listeners: &[RawFd], stop: RawFd, timeout_ms: i32) -> io::Result<Woken> {
+pub(crate) fn wait(
+    listeners: &[BorrowedFd<'_>],
+    stop: BorrowedFd<'_>,
+    timeout_ms: i32,
+) -> io::Result<Woken> {
     // SAFETY: epoll_create1 takes no pointers and only returns a number.
     let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if fd < 0 {
@@ -54,15 +69,16 @@ pub(crate) fn wait(listeners: &[RawFd], stop: RawFd, timeout_ms: i32) -> io::Res
     // other owner exists, so OwnedFd closes it exactly once.
     let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
     add(&epoll, stop, libc::EPOLLIN as u32, STOP)?;
-    for (index, &fd) in listeners.iter().enumerate() {
+    for (index, fd) in listeners.iter().enumerate() {
         add(
             &epoll,
-            fd,
+            *fd,
             (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
             index as u64,
         )?;
     }
-    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+    // Only the first event counts; the kernel hands them out in order.
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 1];
     // SAFETY: `events` is a valid, exclusively borrowed array, and its
     // length is what we pass; the kernel writes at most that many entries.
     let n = unsafe {
@@ -87,12 +103,18 @@ pub(crate) fn wait(listeners: &[RawFd], stop: RawFd, timeout_ms: i32) -> io::Res
     })
 }
 
-fn add(epoll: &OwnedFd, fd: RawFd, events: u32, key: u64) -> io::Result<()> {
+fn add(epoll: &OwnedFd, fd: BorrowedFd<'_>, events: u32, key: u64) -> io::Result<()> {
     let mut event = libc::epoll_event { events, u64: key };
-    // SAFETY: `event` is a valid epoll_event the call only reads; `epoll`
-    // is open (we own it) and `fd` is a descriptor the caller keeps open
-    // for the whole wait.
-    match unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) } {
+    // SAFETY: `event` is a valid epoll_event the call only reads, during the
+    // call; `epoll` and `fd` are open descriptors (owned and borrowed).
+    match unsafe {
+        libc::epoll_ctl(
+            epoll.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            fd.as_raw_fd(),
+            &mut event,
+        )
+    } {
         -1 => Err(io::Error::last_os_error()),
         _ => Ok(()),
     }
