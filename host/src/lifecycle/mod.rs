@@ -2,7 +2,7 @@
 //! takes an [`Event`] (a signal, a worker's message or exit, a word from the
 //! previous or next generation, a timer) and returns the [`Effect`]s the
 //! supervisor must perform (fork, send, kill, exec, write, exit). It makes no
-//! system call, so the table tests in `tests.rs` drive every transition
+//! system call, so the table tests in `tests/` drive every transition
 //! without a process.
 //!
 //! The states, and the numbered steps of the reload protocol in the crate
