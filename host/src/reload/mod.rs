@@ -219,8 +219,8 @@ fn exec(
     // allocates nothing, takes no lock, logs nothing, and touches only data
     // computed above, before the fork.
     unsafe { command.pre_exec(in_child) };
-    // A standby waits as a batch job from its birth: the supervisor's
-    // thread (its only one) is a batch job for the fork only, so the child
+    // A standby waits as a batch job, from its birth: this thread is one
+    // for the fork only (it is the supervisor's only thread), so the child
     // never runs, even briefly, as a usual process that preempts a worker.
     if batch {
         let _ = priority::set_batch(0, true);
