@@ -285,8 +285,8 @@ pub fn children(pid: u32) -> Vec<u32> {
 }
 
 /// Whether `pid` is a supervisor's standby for the next reload: a batch
-/// job (SCHED_BATCH, `/proc/PID/stat` field 41) from its fork until it is
-/// started, named `host-standby` once it runs.
+/// job (SCHED_BATCH, `/proc/PID/stat` field 41) from just after its fork
+/// until it is started, named `host-standby` once it runs.
 pub fn standby(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         let Some((comm, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))

@@ -168,7 +168,7 @@ fn exec(
         vars.push((PIDFILE_FD, fd.to_string()));
     }
     // Everything the child needs is computed here, before the fork: the
-    // `pre_exec` closure below only reads `inherit`.
+    // `pre_exec` closure below only reads `inherit` and `batch`.
     let mut inherit = handoff.listener_fds.clone();
     inherit.push(handoff.anchor_fd);
     inherit.extend(extra_fd);
@@ -188,7 +188,7 @@ fn exec(
         .process_group(0);
     // Runs in the child between fork and exec (see the SAFETY note on
     // `pre_exec` below): async-signal-safe calls only, no allocation, no
-    // lock, no logging; it only reads `inherit`.
+    // lock, no logging; it only reads `inherit` and `batch`.
     let in_child = move || -> io::Result<()> {
         // std empties the signal mask in the child before running this
         // closure, so block everything again, first thing. Signals stay
@@ -210,31 +210,25 @@ fn exec(
             // FD_CLOEXEC changes nothing else about them.
             unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
         }
+        // A standby waits as a batch job (sched_setscheduler: a plain
+        // system call wrapper, no lock, no allocation).
+        if batch {
+            let _ = priority::set_batch(0, true);
+        }
         Ok(())
     };
     // SAFETY: the closure runs in the forked child of the supervisor, which
     // is single-threaded, so the child is a faithful copy with no lock held
     // by a vanished thread. Even so, the closure makes only
-    // async-signal-safe calls (sigfillset, pthread_sigmask, fcntl); it
-    // allocates nothing, takes no lock, logs nothing, and touches only data
-    // computed above, before the fork.
+    // async-signal-safe calls (sigfillset, pthread_sigmask, fcntl) and
+    // sched_setscheduler, a plain system call wrapper that takes no lock; it allocates nothing, takes no lock, logs nothing, and
+    // touches only data computed above, before the fork.
     unsafe { command.pre_exec(in_child) };
-    // A standby waits as a batch job, from its birth: this thread is one
-    // for the fork only (it is the supervisor's only thread), so the child
-    // never runs, even briefly, as a usual process that preempts a worker.
-    if batch {
-        let _ = priority::set_batch(0, true);
-    }
-    let spawned = command.spawn();
-    if batch {
-        if let Err(e) = priority::set_batch(0, false) {
-            tracing::warn!("cannot leave SCHED_BATCH after starting the standby: {e}");
-        }
-    }
     // std reports a failed exec here, having reaped that child itself. On
     // success, spawn returns only once the child has exec'd, so it is in its
     // own process group before anyone can signal that group.
-    let child = spawned
+    let child = command
+        .spawn()
         .map_err(|e| Error::Control(format!("cannot exec {}: {e}", handoff.exe.display())))?;
     let pid = Pid::from_raw(child.id() as i32);
     // Dropping a `Child` neither kills nor waits for it: the supervisor (or
