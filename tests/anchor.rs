@@ -857,6 +857,12 @@ fn assert_signal_to_the_anchor_stops_everything(sig: Signal, after_reload: bool)
             LONG,
         );
     }
+    // The standby comes once the generation serves: listed in the moment
+    // between its fork and its switch to SCHED_BATCH, it would pass for a
+    // worker, and it logs no shutdown.
+    eventually("the standby for the next reload", LONG, || {
+        (!standbys(sup).is_empty()).then_some(())
+    });
     let workers = live_children(sup);
     assert!(!workers.is_empty());
 
