@@ -119,3 +119,59 @@ fn add(epoll: &OwnedFd, fd: BorrowedFd<'_>, events: u32, key: u64) -> io::Result
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    /// A listener on port 0, and a stop descriptor: (listener, stop's
+    /// writing end, stop's reading end).
+    fn setup() -> (TcpListener, UnixStream, UnixStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let (stop_tx, stop_rx) = UnixStream::pair().unwrap();
+        (listener, stop_tx, stop_rx)
+    }
+
+    #[test]
+    fn nothing_ready_is_nothing_after_the_timeout() {
+        let (listener, _tx, rx) = setup();
+        let woken = wait(&[listener.as_fd()], rx.as_fd(), 0).unwrap();
+        assert_eq!(woken, Woken::Nothing);
+    }
+
+    #[test]
+    fn a_queued_connection_is_reported_with_its_listener() {
+        let (listener, _tx, rx) = setup();
+        let other = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let woken = wait(&[other.as_fd(), listener.as_fd()], rx.as_fd(), 1000).unwrap();
+        assert_eq!(woken, Woken::Connection(1));
+    }
+
+    #[test]
+    fn a_stop_that_came_first_wins_over_a_queued_connection() {
+        let (listener, mut tx, rx) = setup();
+        tx.write_all(b"x").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let woken = wait(&[listener.as_fd()], rx.as_fd(), 1000).unwrap();
+        assert_eq!(woken, Woken::Stop);
+    }
+
+    #[test]
+    fn a_stop_that_comes_during_the_wait_ends_it() {
+        let (listener, mut tx, rx) = setup();
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            tx.write_all(b"x").unwrap();
+        });
+        let woken = wait(&[listener.as_fd()], rx.as_fd(), 10_000).unwrap();
+        stopper.join().unwrap();
+        assert_eq!(woken, Woken::Stop);
+    }
+}
