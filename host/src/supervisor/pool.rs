@@ -63,34 +63,32 @@ impl Runtime {
         // supervisor starts none), so the child is a faithful copy with no
         // lock held by a vanished thread; it only runs worker code, which
         // begins by resetting signals and descriptors.
-        let forked = unsafe { fork() };
-        match forked {
+        let forked = match unsafe { fork() } {
             Ok(ForkResult::Child) => {
                 drop(ours);
                 // The worker never returns: its copy of the page stays mapped.
                 let heartbeat = heartbeat.map(|h| &*Box::leak(Box::new(h)));
                 worker::run(theirs, worker::Spec { heartbeat, ..spec })
             }
-            Ok(ForkResult::Parent { child }) => {
-                if let Some(ours) = born_raised {
-                    priority::return_to(ours);
-                }
-                signals::restore(&mask).map_err(Error::os("cannot restore the signal mask"))?;
-                self.workers.push(WorkerLink {
-                    pid: child,
-                    channel: Some(ours),
-                    heartbeat: heartbeat.map(|h| (h, 0, Instant::now())),
-                });
-                Ok(Ok(child))
-            }
-            Err(e) => {
-                if let Some(ours) = born_raised {
-                    priority::return_to(ours);
-                }
-                signals::restore(&mask).map_err(Error::os("cannot restore the signal mask"))?;
-                Ok(Err(format!("cannot fork a worker: {e}")))
-            }
+            Ok(ForkResult::Parent { child }) => Ok(child),
+            Err(e) => Err(e),
+        };
+        // The parent, whether the fork happened or not: back to its own
+        // level and signal mask.
+        if let Some(level) = born_raised {
+            priority::return_to(level);
         }
+        signals::restore(&mask).map_err(Error::os("cannot restore the signal mask"))?;
+        let child = match forked {
+            Ok(child) => child,
+            Err(e) => return Ok(Err(format!("cannot fork a worker: {e}"))),
+        };
+        self.workers.push(WorkerLink {
+            pid: child,
+            channel: Some(ours),
+            heartbeat: heartbeat.map(|h| (h, 0, Instant::now())),
+        });
+        Ok(Ok(child))
     }
 }
 
