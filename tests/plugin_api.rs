@@ -608,21 +608,15 @@ fn a_worker_hands_its_state_to_the_next_generations_worker_of_its_slot() {
 /// The voluntary context switches of every thread of `pids`: each time a
 /// thread went to sleep, so each time it had been woken.
 fn wakeups(pids: &[u32]) -> u64 {
-    let mut total = 0;
-    for pid in pids {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-            total += status
+    pids.iter()
+        .flat_map(|&pid| thread_files(pid, "status"))
+        .filter_map(|status| {
+            status
                 .lines()
                 .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
                 .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    total
+        })
+        .sum()
 }
 
 #[test]

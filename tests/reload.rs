@@ -350,11 +350,8 @@ fn after_host_reload_returns_only_the_new_generation_accepts() {
 
 /// The nice value of every thread of `pid` (none once it is gone).
 fn thread_nice_values(pid: u32) -> Vec<i32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+    thread_files(pid, "stat")
+        .into_iter()
         .filter_map(|stat| {
             // After "pid (comm) ": state is field 3, nice field 19.
             let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();

@@ -306,6 +306,17 @@ pub fn standbys(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The file `name` (`stat`, `status`, ...) of each thread of `pid`, as
+/// text: one entry per thread (none once the process is gone).
+pub fn thread_files(pid: u32, name: &str) -> Vec<String> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join(name)).ok())
+        .collect()
+}
+
 /// The name the kernel shows for `pid` (`/proc/PID/comm`).
 pub fn comm(pid: u32) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/comm"))
