@@ -161,6 +161,37 @@ fn ticker_reloads_and_the_command_names_the_new_supervisor() {
     );
 }
 
+/// At debug level, the new generation's steps say how long they ran and
+/// how long they waited for a CPU: what tells a slow reload on a busy
+/// machine from slow work.
+#[test]
+fn the_debug_log_says_how_long_a_reload_step_ran_and_waited_for_a_cpu() {
+    let dir = temp_dir();
+    let service = start_service(dir.path(), &[], &[("HOST_LOG", "debug")]);
+    let (ok, _, err) = reload(&service.pid_file);
+    assert!(ok, "{err}");
+    let log = service.host.log_text();
+    for (who, step, before_times) in [
+        ("supervisor", "plugin snapshot taken at", "("),
+        ("worker", "loaded in", "(since the fork: "),
+        ("worker", "plugin built in", "(since the fork: "),
+    ] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("{who}[gen=2 ")) && l.contains(step))
+            .unwrap_or_else(|| panic!("no {who} line '{step}' in:\n{log}"));
+        // "(... 0.73 ms on a CPU, 0.05 ms waiting for one)"
+        let figures = line
+            .split_once(before_times)
+            .and_then(|(_, rest)| rest.split_once(" ms on a CPU, "))
+            .and_then(|(running, rest)| Some((running, rest.split_once(" ms waiting for one)")?.0)))
+            .and_then(|(running, waiting)| {
+                Some((running.parse::<f64>().ok()?, waiting.parse::<f64>().ok()?))
+            });
+        assert!(figures.is_some(), "no CPU and wait times in: {line}");
+    }
+}
+
 #[test]
 fn new_generation_sees_no_inherit_variables_and_its_workers_hold_no_lock() {
     let dir = temp_dir();

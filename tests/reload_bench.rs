@@ -45,7 +45,8 @@
 //! when the new code first replied and where the longest gap lay (and
 //! writes `reload N signal` to the kernel's `trace_marker`, for a
 //! `sched_switch` trace); `BENCH_HOST_LOG=debug BENCH_HOST_LOG_COPY=FILE`
-//! keeps the host's log, with each step's timestamp.
+//! keeps the host's log, with each step's timestamp and, for the snapshot
+//! and the worker's load, its time on a CPU and waiting for one.
 
 mod support;
 

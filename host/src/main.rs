@@ -95,6 +95,7 @@ mod signals;
 mod snapshot;
 mod status;
 mod supervisor;
+mod thread_time;
 mod worker;
 
 use std::process::ExitCode;

@@ -28,6 +28,7 @@ use crate::pidfile::PidFile;
 use crate::reload::{Anchor, Inherited, InheritedEnv, Predecessor};
 use crate::signals;
 use crate::snapshot::{Room, Snapshot};
+use crate::thread_time::ThreadTime;
 
 use runtime::Runtime;
 
@@ -115,6 +116,10 @@ pub fn run(config: Config, env: InheritedEnv) -> Result<(), Error> {
     };
     logging::set_identity(Role::Supervisor, inherited.generation);
     let started = Instant::now();
+    // Only for the debug log (see `thread_time`).
+    let thread_started = tracing::enabled!(tracing::Level::DEBUG)
+        .then(ThreadTime::now)
+        .flatten();
     let Inherited {
         generation,
         standby: _,
@@ -126,7 +131,12 @@ pub fn run(config: Config, env: InheritedEnv) -> Result<(), Error> {
     } = inherited;
     let setup = || {
         let snapshot = Snapshot::take(&config.plugin, config.insecure_plugin_path, room)?;
-        tracing::debug!("plugin snapshot taken at {:?}", started.elapsed());
+        match thread_started.and_then(|then| Some(ThreadTime::now()?.since(then))) {
+            Some(spent) => {
+                tracing::debug!("plugin snapshot taken at {:?} ({spent})", started.elapsed())
+            }
+            None => tracing::debug!("plugin snapshot taken at {:?}", started.elapsed()),
+        }
         let listeners = Listeners::inherit(listeners)?;
         if listeners.len() != config.listen.len() {
             return Err(Error::Inherit(format!(

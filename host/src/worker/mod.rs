@@ -34,6 +34,7 @@ use crate::channel::{FromWorker, Received, StopReason, ToWorker, WorkerEnd};
 use crate::heartbeat::Heartbeat;
 use crate::logging::{self, Role};
 use crate::snapshot::Snapshot;
+use crate::thread_time::ThreadTime;
 use crate::{priority, signals};
 
 /// Exit codes, for the supervisor's log.
@@ -119,9 +120,10 @@ fn live(channel: WorkerEnd, spec: Spec<'_>) -> i32 {
         Err(e) => return link.fail(EXIT_NOT_STARTED, describe_load_error(&e, spec.snapshot)),
     };
     tracing::debug!(
-        "plugin {} loaded in {:?}",
+        "plugin {} loaded in {:?}{}",
         spec.snapshot.source().display(),
-        started.elapsed()
+        started.elapsed(),
+        since_fork()
     );
     let services = WorkerServices {
         link: Arc::clone(&link),
@@ -148,7 +150,12 @@ fn live(channel: WorkerEnd, spec: Spec<'_>) -> i32 {
     {
         tracing::debug!("the supervisor is gone before the plugin ran");
     }
-    tracing::debug!(can_hot_reload, "plugin built in {:?}", started.elapsed());
+    tracing::debug!(
+        can_hot_reload,
+        "plugin built in {:?}{}",
+        started.elapsed(),
+        since_fork()
+    );
 
     let outcome = plugin.run().into_result();
     if let RResult::RErr(e) = plugin.shutdown() {
@@ -169,6 +176,18 @@ fn live(channel: WorkerEnd, spec: Spec<'_>) -> i32 {
             let hint = would_block_hint(&e, !spec.listener_fds.is_empty());
             link.fail(EXIT_PLUGIN_FAILED, format!("{e}{hint}"))
         }
+    }
+}
+
+/// For a debug line: what this (the main) thread spent since the fork, on
+/// a CPU and waiting for one (see `thread_time`); nothing unless logged.
+fn since_fork() -> String {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return String::new();
+    }
+    match ThreadTime::now() {
+        Some(spent) => format!(" (since the fork: {spent})"),
+        None => String::new(),
     }
 }
 
