@@ -462,7 +462,7 @@ fn as_pid_1_of_a_pid_namespace_ten_reloads_under_load_lose_no_request_and_sigter
         expected.extend([unshare.pid(), anchor, sup]);
         expected.sort_unstable();
         let mut processes = unshare.processes();
-        processes.retain(|&p| !standby(p));
+        processes.retain(|&p| !standby(p) && !prepared_worker(p));
         match processes {
             p if p == expected => Ok(()),
             p => Err(format!("processes {p:?}, wanted {expected:?}")),
@@ -739,6 +739,12 @@ fn kill_during_a_reload(row: Row) {
         });
         signal(old_sup, Signal::SIGCONT);
     }
+    // A reply the victim sent between the signal and its death is no sign
+    // of recovery: replies count from its death on.
+    eventually(&format!("pid {victim} to die"), LONG, || {
+        (!alive(victim)).then_some(())
+    });
+    let died_at = Instant::now();
 
     let survivor = row.survivor;
     let (sup, first) = eventually_ok(&format!("generation {survivor} to serve"), SOON, || {
@@ -747,7 +753,7 @@ fn kill_during_a_reload(row: Row) {
             return Err(format!("generation {generation} (pid {sup}) serves"));
         }
         let first = load
-            .first_reply_from(survivor, killed_at)
+            .first_reply_from(survivor, died_at)
             .ok_or(format!("no reply from generation {survivor} yet"))?;
         Ok((sup, first))
     });

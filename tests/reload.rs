@@ -692,6 +692,57 @@ fn a_reload_starts_the_standby_unless_the_host_binary_changed_or_it_was_stopped(
     standby_of(fourth_sup);
 }
 
+/// The standby forks the next generation's first worker ahead of the
+/// reload: it waits (no connection reaches it, it holds no pid-file lock),
+/// and the reload lets it serve. It ends with its standby.
+#[test]
+fn a_standby_prepares_the_first_worker_which_serves_after_the_reload() {
+    let dir = temp_dir();
+    let service = start_service(dir.path(), &[], &[]);
+    let addr = service.host.listen_addr();
+    let prepared_under = |sup: u32| {
+        eventually(
+            &format!("a standby under pid {sup}, with its worker"),
+            LONG,
+            || {
+                let standby = *standbys(sup).first()?;
+                let worker = *children(standby).first()?;
+                (comm(standby).as_deref() == Some("host-standby")).then_some((standby, worker))
+            },
+        )
+    };
+    let (standby, prepared) = prepared_under(service.host.supervisor());
+    for _ in 0..20 {
+        let (generation, pid) = identity(&http_get(addr).unwrap());
+        assert_eq!(generation, 1);
+        assert_ne!(
+            pid, prepared,
+            "the prepared worker served before the reload"
+        );
+    }
+    let pid_path = std::fs::canonicalize(&service.pid_file).unwrap();
+    for fd in std::fs::read_dir(format!("/proc/{prepared}/fd")).unwrap() {
+        let target = std::fs::read_link(fd.unwrap().path()).unwrap_or_default();
+        assert_ne!(
+            target, pid_path,
+            "the prepared worker holds the pid file open"
+        );
+    }
+
+    let (ok, _, err) = reload(&service.pid_file);
+    assert!(ok, "{err}");
+    assert_eq!(pid_in(&service.pid_file), Some(standby));
+    eventually("a reply from the prepared worker", LONG, || {
+        (identity(&http_get(addr).ok()?) == (2, prepared)).then_some(())
+    });
+
+    // A standby that is told to stop takes its worker with it.
+    let (next, next_prepared) = prepared_under(standby);
+    signal(next, Signal::SIGTERM);
+    wait_gone("the stopped standby", next, LONG);
+    wait_gone("its prepared worker", next_prepared, LONG);
+}
+
 #[test]
 fn a_plugin_that_cannot_hot_reload_gets_no_standby() {
     let dir = temp_dir();

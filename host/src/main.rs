@@ -28,8 +28,11 @@
 //!    hot-reload, starts a **standby** for g+1 (`reload::spawn_standby`):
 //!    the same exec as below, ahead of time, as a batch job named
 //!    `host-standby`. It parses its command line, adopts what it inherits,
-//!    reserves the pages for the plugin's copy, and waits on the hand-over
-//!    channel. It exits when g goes away, and g kills it when it stops.
+//!    reserves the pages for the plugin's copy, forks the worker for its
+//!    first slot (which prepares, then sleeps until the copy is made:
+//!    `supervisor::pool::PreparedWorker`), and waits on the hand-over
+//!    channel. It exits when g goes away, and g kills it when it stops; its
+//!    worker exits with it.
 //! 1. g, `Serving`, gets SIGUSR2. Unless a reload is in flight or its plugin
 //!    cannot hot-reload, it starts g+1: it sends the standby `Start` if the
 //!    host binary on disk is still the file the standby was exec'd from, and
@@ -39,7 +42,8 @@
 //!    across exec, in a process group of its own). An exec error comes back
 //!    at once. g keeps serving.
 //! 2. g+1 starts in `Starting`: it copies the plugin (only what the loader
-//!    maps) and forks its workers, one fewer at a time than there are CPUs
+//!    maps), lets its prepared worker load it (a standby's), and forks the
+//!    others, one fewer at a time than there are CPUs
 //!    (at least one): one CPU stays with g, which serves meanwhile. A plugin
 //!    whose `can_do_hot_reload()` is false fails the reload here, at once.
 //! 3. Each worker that calls `ready_to_take_over` says `Serving` and accepts

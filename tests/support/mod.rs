@@ -286,8 +286,20 @@ pub fn children(pid: u32) -> Vec<u32> {
 
 /// Whether `pid` is a supervisor's standby for the next reload: a batch
 /// job (SCHED_BATCH, `/proc/PID/stat` field 41) from just after its fork
-/// until it is started, named `host-standby` once it runs.
+/// until it is started, named `host-standby` once it runs; not the worker
+/// it prepared (see [`prepared_worker`]), which is a batch job too.
 pub fn standby(pid: u32) -> bool {
+    waits_for_a_reload(pid) && !parent(pid).is_some_and(waits_for_a_reload)
+}
+
+/// Whether `pid` is the worker a standby forked ahead of the reload, for
+/// the next generation's first slot.
+pub fn prepared_worker(pid: u32) -> bool {
+    parent(pid).is_some_and(standby)
+}
+
+/// A standby, or the worker it prepared: a batch job, or `host-standby`.
+fn waits_for_a_reload(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         let Some((comm, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
         else {
@@ -428,10 +440,11 @@ impl Host {
     }
 
     /// [`Host::processes`] but the standby for the next reload, if the
-    /// supervisor in charge has one (see [`standby`]).
+    /// supervisor in charge has one, and the worker it prepared (see
+    /// [`standby`]).
     pub fn serving_processes(&self) -> Vec<u32> {
         let mut p = self.processes();
-        p.retain(|&p| !standby(p));
+        p.retain(|&p| !standby(p) && !prepared_worker(p));
         p
     }
 

@@ -29,6 +29,9 @@ pub enum ToWorker {
     Stop(StopReason),
     /// The state the previous generation's worker of this slot handed over.
     State(Vec<u8>),
+    /// To a worker forked ahead of the start (a standby's first): load the
+    /// snapshot now, as this generation's worker.
+    Go { generation: u64 },
 }
 
 /// Why a worker is told to stop.

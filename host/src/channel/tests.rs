@@ -21,6 +21,10 @@ fn every_message_round_trips() {
         &[
             ToWorker::Stop(StopReason::Reload),
             ToWorker::Stop(StopReason::Shutdown),
+            ToWorker::Go { generation: 7 },
+            ToWorker::Go {
+                generation: u64::MAX,
+            },
         ],
     );
     round_trip(

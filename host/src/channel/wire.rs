@@ -35,6 +35,10 @@ impl Wire for ToWorker {
             ToWorker::Stop(StopReason::Reload) => buf.extend([b'S', b'r']),
             ToWorker::Stop(StopReason::Shutdown) => buf.extend([b'S', b's']),
             ToWorker::State(state) => push_state(buf, state),
+            ToWorker::Go { generation } => {
+                buf.push(b'G');
+                buf.extend(generation.to_le_bytes());
+            }
         }
     }
 
@@ -43,6 +47,9 @@ impl Wire for ToWorker {
             (b'S', [b'r']) => Some(ToWorker::Stop(StopReason::Reload)),
             (b'S', [b's']) => Some(ToWorker::Stop(StopReason::Shutdown)),
             (b'T', state) => Some(ToWorker::State(state.to_vec())),
+            (b'G', generation) => Some(ToWorker::Go {
+                generation: u64::from_le_bytes(generation.try_into().ok()?),
+            }),
             _ => None,
         }
     }

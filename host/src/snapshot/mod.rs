@@ -157,6 +157,17 @@ impl Snapshot {
         })
     }
 
+    /// The snapshot of `source` that will be copied into `room`, for a
+    /// worker forked before the copy (see `supervisor::pool::PreparedWorker`),
+    /// which holds the same in-memory file and loads it only once told the
+    /// copy is made and sealed.
+    pub fn pending(source: &Path, room: Room) -> Snapshot {
+        Snapshot {
+            source: source.to_owned(),
+            memfd: room.0,
+        }
+    }
+
     /// The plugin file this is a copy of.
     pub fn source(&self) -> &Path {
         &self.source

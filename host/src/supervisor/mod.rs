@@ -15,6 +15,7 @@ mod watchdog;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,7 @@ use crate::reload::{Anchor, Inherited, InheritedEnv, Predecessor};
 use crate::signals;
 use crate::snapshot::{Room, Snapshot};
 use crate::thread_time::ThreadTime;
+use pool::PreparedWorker;
 
 use runtime::Runtime;
 
@@ -101,18 +103,27 @@ impl Config {
 /// (no predecessor) or by the generation it replaces.
 pub fn run(config: Config, env: InheritedEnv) -> Result<(), Error> {
     let mut inherited = Inherited::adopt(env)?;
-    let room = match inherited.standby {
+    let (room, prepared) = match inherited.standby {
         Some(_) => {
-            // Room for the snapshot now; the copy waits for the start, as
-            // the plugin may yet change.
-            let room = Room::reserve(&config.plugin);
+            // Room for the snapshot now, and the first worker, which will
+            // load it (see `PreparedWorker`); the copy waits for the start,
+            // as the plugin may yet change.
+            let (room, prepared) = match Room::reserve(&config.plugin) {
+                Some(room) => {
+                    let listener_fds = inherited.listeners.iter().map(|l| l.as_raw_fd()).collect();
+                    let (room, prepared) =
+                        PreparedWorker::fork(&config, room, listener_fds, inherited.base_nice)?;
+                    (Some(room), prepared)
+                }
+                None => (None, None),
+            };
             if !inherited.await_start()? {
                 // The generation that started us stopped, or moved on without us.
                 return Ok(());
             }
-            room
+            (room, prepared)
         }
-        None => None,
+        None => (None, None),
     };
     logging::set_identity(Role::Supervisor, inherited.generation);
     let started = Instant::now();
@@ -190,6 +201,7 @@ pub fn run(config: Config, env: InheritedEnv) -> Result<(), Error> {
         anchor,
         predecessor,
         base_nice,
+        prepared,
     };
     let runtime = Runtime::new(config, machine, parts)?;
     // The one who started us blocked every signal across the exec; our
@@ -207,4 +219,5 @@ pub struct Parts {
     pub anchor: Anchor,
     pub predecessor: Option<Predecessor>,
     pub base_nice: Option<i32>,
+    pub prepared: Option<PreparedWorker>,
 }

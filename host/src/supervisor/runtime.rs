@@ -12,7 +12,8 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR2};
 
-use super::{pool, Config, Parts};
+use super::pool::{self, PreparedWorker};
+use super::{Config, Parts};
 use crate::channel::{NewToOld, OldToNew, Received, ToAnchor, ToWorkerEnd};
 use crate::error::Error;
 use crate::footprint;
@@ -43,6 +44,9 @@ pub struct Runtime {
     pub(super) pid_file: Option<PidFile>,
     pub(super) anchor: Anchor,
     pub(super) workers: Vec<WorkerLink>,
+    /// Started from a standby, until slot 0 starts: the worker it forked
+    /// ahead (see `PreparedWorker`).
+    pub(super) prepared: Option<PreparedWorker>,
     /// While a reload is in flight: the generation we started.
     pub(super) successor: Option<Successor>,
     /// While in charge with no reload in flight: the next generation,
@@ -87,6 +91,7 @@ impl Runtime {
             anchor,
             predecessor,
             base_nice,
+            prepared,
         } = parts;
         Ok(Runtime {
             config,
@@ -97,6 +102,7 @@ impl Runtime {
             pid_file,
             anchor,
             workers: Vec::new(),
+            prepared,
             successor: None,
             standby: None,
             standby_started: false,

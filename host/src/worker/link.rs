@@ -128,7 +128,8 @@ impl Link {
                         return self
                             .request_stop("the supervisor is gone", api::STOP_SUPERVISOR_GONE);
                     }
-                    Ok(Received::Empty) => {}
+                    // Only a prepared worker's first message (see `run_prepared`).
+                    Ok(Received::Message(ToWorker::Go { .. })) | Ok(Received::Empty) => {}
                     Err(e) => {
                         return self.request_stop(
                             &format!("the supervisor channel failed: {e}"),

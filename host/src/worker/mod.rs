@@ -74,6 +74,39 @@ pub fn run(channel: WorkerEnd, spec: Spec<'_>) -> ! {
     std::process::exit(code)
 }
 
+/// A standby's first worker (see `supervisor::pool::PreparedWorker`), in
+/// the forked child: it prepares now, sleeps until the supervisor sends
+/// `Go` (or hangs up: then it exits), and lives as generation `Go` names
+/// (`spec.generation` is replaced). Never returns.
+pub fn run_prepared(channel: WorkerEnd, spec: Spec<'_>) -> ! {
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let signal_fd = match prepare(&channel, &spec) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = channel.send(&FromWorker::Failed(format!("worker setup failed: {e}")));
+                return EXIT_SETUP_FAILED;
+            }
+        };
+        let generation = loop {
+            match channel.recv() {
+                Ok(Received::Message(ToWorker::Go { generation })) => break generation,
+                Ok(Received::Empty) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // Stopped before it started, or the standby is gone.
+                _ => return EXIT_NOT_STARTED,
+            }
+        };
+        // Normally the supervisor did this before `Go` (see `PreparedWorker::go`).
+        if !priority::is_usual() {
+            let _ = priority::set_batch(0, false);
+        }
+        logging::set_identity(Role::Worker, generation);
+        serve(channel, Spec { generation, ..spec }, signal_fd)
+    }))
+    .unwrap_or(EXIT_SETUP_FAILED);
+    std::process::exit(code)
+}
+
 fn live(channel: WorkerEnd, spec: Spec<'_>) -> i32 {
     logging::set_identity(Role::Worker, spec.generation);
     let signal_fd = match prepare(&channel, &spec) {
@@ -83,6 +116,11 @@ fn live(channel: WorkerEnd, spec: Spec<'_>) -> i32 {
             return EXIT_SETUP_FAILED;
         }
     };
+    serve(channel, spec, signal_fd)
+}
+
+/// After `prepare`: loads the plugin and runs it.
+fn serve(channel: WorkerEnd, spec: Spec<'_>, signal_fd: SignalFd) -> i32 {
     // A new generation's worker loads with a head start when allowed,
     // until it is ready (see `priority`); any other serves at the usual
     // level. A worker with a head start is normally born with it (see
