@@ -4,7 +4,9 @@
 //! which is serving at full tilt, so the few milliseconds its workers take
 //! to load the plugin stretch to tens. When the host is allowed to (root,
 //! or CAP_SYS_NICE, or RLIMIT_NICE), each new worker loads [`BOOST`] nice
-//! levels above the old ones and drops back when it is ready. The old
+//! levels above the old ones and drops back when it is ready (but the one a
+//! standby prepared, which wakes from a long sleep: see `PreparedWorker`,
+//! as much as the supervisor). The old
 //! supervisor keeps its level, and so does the new one under a single
 //! serving worker: a boosted one (the old, or the new one copying the
 //! plugin) was measured to take the CPU from the serving worker for up to

@@ -30,7 +30,7 @@ impl Runtime {
     ) -> Result<Result<Pid, String>, Error> {
         if let Some(prepared) = self.prepared.take() {
             match slot {
-                0 => match prepared.go(self.machine.generation, head_start, self.base_nice) {
+                0 => match prepared.go(self.machine.generation, self.base_nice) {
                     Ok(link) => {
                         let pid = link.pid;
                         tracing::debug!("the prepared worker pid {pid} goes, in slot 0");
@@ -58,7 +58,7 @@ impl Runtime {
             snapshot: &self.snapshot,
             listener_fds: self.listeners.raw_fds(),
             plugin_args: &self.config.plugin_args,
-            head_start,
+            head_start: if head_start { priority::BOOST } else { 0 },
             base_nice: self.base_nice,
             heartbeat: None,
             slot,
@@ -67,8 +67,8 @@ impl Runtime {
         // A worker with a head start is born with it: one that had to take
         // it itself first waited for the CPU at the usual level, which on a
         // busy machine took 2-3 ms before it ran at all.
-        let born_at = match (head_start, self.base_nice) {
-            (true, Some(base)) => Some(base - priority::BOOST),
+        let born_at = match (spec.head_start, self.base_nice) {
+            (levels @ 1.., Some(base)) => Some(base - levels),
             _ => None,
         };
         let child = match fork_blocked(born_at)? {
@@ -106,6 +106,8 @@ pub struct PreparedWorker {
     pid: Pid,
     channel: ToWorkerEnd,
     heartbeat: Option<Heartbeat>,
+    /// Its head start (see `worker::Spec::head_start`).
+    head_start: i32,
 }
 
 impl PreparedWorker {
@@ -133,6 +135,14 @@ impl PreparedWorker {
             }
         };
         let supervisor = getpid();
+        // Waking from a long sleep, it gets a CPU without a head start. One
+        // taken besides was measured to take the CPU from a single serving
+        // worker for the whole load: the no-accept gap its clients felt
+        // went from +0.6 to +1.0 ms, for no earlier reply. Under several
+        // serving workers it still waits behind them (16: first reply after
+        // 8.5-9.7 ms without, 5.1-5.5 ms with one), so it gets what the
+        // supervisor gets: as much as they weigh together.
+        let head_start = priority::supervisor_head_start(config.workers);
         Ok(match fork_blocked(None)? {
             Ok(Side::Child) => {
                 drop(ours);
@@ -147,7 +157,7 @@ impl PreparedWorker {
                         snapshot: &snapshot,
                         listener_fds,
                         plugin_args: &config.plugin_args,
-                        head_start: true,
+                        head_start,
                         base_nice,
                         heartbeat,
                         slot: 0,
@@ -161,6 +171,7 @@ impl PreparedWorker {
                     pid,
                     channel: ours,
                     heartbeat,
+                    head_start,
                 }),
             ),
             Err(e) => {
@@ -171,21 +182,16 @@ impl PreparedWorker {
     }
 
     /// Lets it load the snapshot (taken by now) as generation
-    /// `generation`'s worker in slot 0, with a head start if `head_start`
-    /// and allowed.
-    fn go(
-        self,
-        generation: u64,
-        head_start: bool,
-        base_nice: Option<i32>,
-    ) -> Result<WorkerLink, String> {
+    /// `generation`'s worker in slot 0 (with its head start, if priorities
+    /// may change: `base_nice`).
+    fn go(self, generation: u64, base_nice: Option<i32>) -> Result<WorkerLink, String> {
         // Scheduled as it will run before it wakes up: it was forked by a
         // standby waiting as a batch job (see `priority`). (It does the same
         // itself, should either call fail here.)
         let pid = self.pid.as_raw();
         let _ = priority::set_batch(pid, false);
-        if let (true, Some(base)) = (head_start, base_nice) {
-            let _ = priority::set(pid, base - priority::BOOST);
+        if let (levels @ 1.., Some(base)) = (self.head_start, base_nice) {
+            let _ = priority::set(pid, base - levels);
         }
         self.channel
             .send(&ToWorker::Go { generation })

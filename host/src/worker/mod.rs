@@ -50,9 +50,10 @@ pub struct Spec<'a> {
     pub snapshot: &'a Snapshot,
     pub listener_fds: Vec<RawFd>,
     pub plugin_args: &'a [String],
-    /// A reload's new worker: it loads with a head start (see `priority`)
-    /// until its `ready_to_take_over`.
-    pub head_start: bool,
+    /// A reload's new worker loads this many nice levels above the serving
+    /// ones (a head start, see `priority`) until its `ready_to_take_over`;
+    /// any other worker: 0.
+    pub head_start: i32,
     /// The nice value to serve at, when priorities may change (see
     /// `priority`): taken at once, or by a worker with a head start when it
     /// is ready.
@@ -127,16 +128,11 @@ fn serve(channel: WorkerEnd, spec: Spec<'_>, signal_fd: SignalFd) -> i32 {
     // `fork_worker`); one without may be born from a supervisor that is
     // itself raised until it takes over, and comes down here.
     if let Some(nice) = spec.base_nice {
-        let nice = if spec.head_start {
-            nice - priority::BOOST
-        } else {
-            nice
-        };
-        let _ = priority::set(0, nice);
+        let _ = priority::set(0, nice - spec.head_start);
     }
     let link = match Link::new(
         channel,
-        spec.head_start,
+        spec.head_start > 0,
         spec.base_nice,
         spec.shutdown_timeout,
     ) {
