@@ -42,7 +42,8 @@
 //! not, and one `summary:` line of key=value pairs.
 //!
 //! To see where a reload's time goes: `BENCH_GAPS=1` prints, per reload,
-//! when the new code first replied and where the longest gap lay (and
+//! when the signal was sent (Unix time, as in the host's log), when the
+//! new code first replied and where the longest gap lay (and
 //! writes `reload N signal` to the kernel's `trace_marker`, for a
 //! `sched_switch` trace); `BENCH_HOST_LOG=debug BENCH_HOST_LOG_COPY=FILE`
 //! keeps the host's log, with each step's timestamp and, for the snapshot
@@ -615,7 +616,8 @@ fn figures(run: Run) -> Figures {
         if std::env::var_os("BENCH_GAPS").is_some() {
             let (at, len) = longest_gap_at(&events, signal, fb);
             eprintln!(
-                "gap reload {i}: first reply {:.3} ms, gap {:.3} ms from {:.3} ms",
+                "gap reload {i}: signal at {:.6} s (Unix time, to line up with the host's log), first reply {:.3} ms, gap {:.3} ms from {:.3} ms",
+                wall_clock(signal),
                 ms(fb - signal),
                 ms(len),
                 ms(at - signal)
@@ -683,7 +685,23 @@ fn may_raise_priority() -> &'static str {
     }
 }
 
+/// An instant and the wall-clock time then, taken together at start:
+/// what [`wall_clock`] converts from.
+static CLOCKS: std::sync::OnceLock<(Instant, std::time::SystemTime)> = std::sync::OnceLock::new();
+
+/// `t` as seconds of Unix time.
+fn wall_clock(t: Instant) -> f64 {
+    let (instant, system) = *CLOCKS.get_or_init(|| (Instant::now(), std::time::SystemTime::now()));
+    let at = match t.checked_duration_since(instant) {
+        Some(after) => system + after,
+        None => system - instant.duration_since(t),
+    };
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 fn main() {
+    CLOCKS.get_or_init(|| (Instant::now(), std::time::SystemTime::now()));
     let o = options();
     // Every generation of the peer is re-parented here when its parent
     // exits, to be reaped (nothing else may reap them).
