@@ -91,10 +91,9 @@ impl Runtime {
 }
 
 /// A standby's first worker, forked before the reload it is for: it resets
-/// its signals and descriptors and starts its threads' environment while the
-/// old generation serves, then sleeps until the standby has copied the
-/// plugin into the in-memory file it already holds, and `Go` (see
-/// `worker::run_prepared`).
+/// its signals and descriptors while the old generation serves, then
+/// sleeps until the standby has copied the plugin into the in-memory file
+/// it already holds and says `Go` (see `worker::run_prepared`).
 ///
 /// What that saves is more than the 0.5 ms of CPU the fork and the
 /// preparation take: a task that has just run for a while waits, on a busy
