@@ -252,6 +252,24 @@ fn assert_reload_fails(
         (1, worker),
         "generation 1 still serves"
     );
+    // The failed generation leaves nothing behind: not its supervisor, not
+    // the worker it prepared. (The next standby, named once it waits, and
+    // the worker it prepared may be there.)
+    let sup = service.host.supervisor();
+    eventually_ok("only generation 1 to run", LONG, || {
+        let mut expected = vec![service.host.pid(), sup, worker];
+        for standby in children(sup) {
+            if comm(standby).as_deref() == Some("host-standby") {
+                expected.push(standby);
+                expected.extend(children(standby));
+            }
+        }
+        expected.sort_unstable();
+        match service.host.processes() {
+            p if p == expected => Ok(()),
+            p => Err(format!("processes {p:?}, wanted {expected:?}")),
+        }
+    });
 
     copy_atomically(&good, &service.plugin);
     let (ok, out, err) = reload(&service.pid_file);
