@@ -142,12 +142,10 @@ pub fn run(config: Config, env: InheritedEnv) -> Result<(), Error> {
     } = inherited;
     let setup = || {
         let snapshot = Snapshot::take(&config.plugin, config.insecure_plugin_path, room)?;
-        match thread_started.and_then(|then| Some(ThreadTime::now()?.since(then))) {
-            Some(spent) => {
-                tracing::debug!("plugin snapshot taken at {:?} ({spent})", started.elapsed())
-            }
-            None => tracing::debug!("plugin snapshot taken at {:?}", started.elapsed()),
-        }
+        let spent = thread_started
+            .and_then(|then| Some(format!(" ({})", ThreadTime::now()?.since(then))))
+            .unwrap_or_default();
+        tracing::debug!("plugin snapshot taken at {:?}{spent}", started.elapsed());
         let listeners = Listeners::inherit(listeners)?;
         if listeners.len() != config.listen.len() {
             return Err(Error::Inherit(format!(

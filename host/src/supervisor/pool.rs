@@ -9,7 +9,7 @@ use nix::unistd::{fork, getpid, ForkResult, Pid};
 
 use super::runtime::{Runtime, WorkerLink};
 use super::Config;
-use crate::channel::{ToWorker, ToWorkerEnd};
+use crate::channel::{ToWorker, ToWorkerEnd, WorkerEnd};
 use crate::error::Error;
 use crate::heartbeat::Heartbeat;
 use crate::priority;
@@ -43,14 +43,10 @@ impl Runtime {
                 _ => drop(prepared),
             }
         }
-        let (ours, theirs) = match ToWorkerEnd::pair() {
-            Ok(pair) => pair,
-            Err(e) => return Ok(Err(format!("cannot create a worker channel: {e}"))),
-        };
         tracing::debug!("forking a worker for slot {slot}");
-        let heartbeat = match self.config.watchdog.map(|_| Heartbeat::new()).transpose() {
-            Ok(heartbeat) => heartbeat,
-            Err(e) => return Ok(Err(format!("cannot map a heartbeat page: {e}"))),
+        let (ours, theirs, heartbeat) = match worker_ends(&self.config) {
+            Ok(ends) => ends,
+            Err(e) => return Ok(Err(e)),
         };
         let spec = worker::Spec {
             generation: self.machine.generation,
@@ -119,17 +115,10 @@ impl PreparedWorker {
         listener_fds: Vec<RawFd>,
         base_nice: Option<i32>,
     ) -> Result<(Room, Option<PreparedWorker>), Error> {
-        let (ours, theirs) = match ToWorkerEnd::pair() {
-            Ok(pair) => pair,
+        let (ours, theirs, heartbeat) = match worker_ends(config) {
+            Ok(ends) => ends,
             Err(e) => {
-                tracing::debug!("cannot prepare a worker: cannot create its channel: {e}");
-                return Ok((room, None));
-            }
-        };
-        let heartbeat = match config.watchdog.map(|_| Heartbeat::new()).transpose() {
-            Ok(heartbeat) => heartbeat,
-            Err(e) => {
-                tracing::debug!("cannot prepare a worker: cannot map a heartbeat page: {e}");
+                tracing::debug!("cannot prepare a worker: {e}");
                 return Ok((room, None));
             }
         };
@@ -201,6 +190,19 @@ impl PreparedWorker {
             heartbeat: self.heartbeat.map(|h| (h, 0, Instant::now())),
         })
     }
+}
+
+/// What a worker is forked with: the supervisor's end of its channel, the
+/// worker's end, and with `--watchdog` the page it beats in.
+fn worker_ends(config: &Config) -> Result<(ToWorkerEnd, WorkerEnd, Option<Heartbeat>), String> {
+    let (ours, theirs) =
+        ToWorkerEnd::pair().map_err(|e| format!("cannot create a worker channel: {e}"))?;
+    let heartbeat = config
+        .watchdog
+        .map(|_| Heartbeat::new())
+        .transpose()
+        .map_err(|e| format!("cannot map a heartbeat page: {e}"))?;
+    Ok((ours, theirs, heartbeat))
 }
 
 /// Which side of a fork this is.

@@ -69,9 +69,14 @@ pub struct Spec<'a> {
 
 /// The worker's whole life, in the forked child. Never returns.
 pub fn run(channel: WorkerEnd, spec: Spec<'_>) -> ! {
-    // Nothing may unwind out of here into the supervisor code we were forked from.
-    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| live(channel, spec)))
-        .unwrap_or(EXIT_SETUP_FAILED);
+    exit_after(|| live(channel, spec))
+}
+
+/// Runs `life` and exits with its code. Nothing may unwind out of here
+/// into the supervisor code we were forked from.
+fn exit_after(life: impl FnOnce() -> i32) -> ! {
+    let code =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(life)).unwrap_or(EXIT_SETUP_FAILED);
     std::process::exit(code)
 }
 
@@ -80,13 +85,10 @@ pub fn run(channel: WorkerEnd, spec: Spec<'_>) -> ! {
 /// `Go` (or hangs up: then it exits), and lives as generation `Go` names
 /// (`spec.generation` is replaced). Never returns.
 pub fn run_prepared(channel: WorkerEnd, spec: Spec<'_>) -> ! {
-    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let signal_fd = match prepare(&channel, &spec) {
+    exit_after(|| {
+        let signal_fd = match prepare_or_report(&channel, &spec) {
             Ok(fd) => fd,
-            Err(e) => {
-                let _ = channel.send(&FromWorker::Failed(format!("worker setup failed: {e}")));
-                return EXIT_SETUP_FAILED;
-            }
+            Err(code) => return code,
         };
         let generation = loop {
             match channel.recv() {
@@ -103,21 +105,23 @@ pub fn run_prepared(channel: WorkerEnd, spec: Spec<'_>) -> ! {
         }
         logging::set_identity(Role::Worker, generation);
         serve(channel, Spec { generation, ..spec }, signal_fd)
-    }))
-    .unwrap_or(EXIT_SETUP_FAILED);
-    std::process::exit(code)
+    })
 }
 
 fn live(channel: WorkerEnd, spec: Spec<'_>) -> i32 {
     logging::set_identity(Role::Worker, spec.generation);
-    let signal_fd = match prepare(&channel, &spec) {
-        Ok(fd) => fd,
-        Err(e) => {
-            let _ = channel.send(&FromWorker::Failed(format!("worker setup failed: {e}")));
-            return EXIT_SETUP_FAILED;
-        }
-    };
-    serve(channel, spec, signal_fd)
+    match prepare_or_report(&channel, &spec) {
+        Ok(signal_fd) => serve(channel, spec, signal_fd),
+        Err(code) => code,
+    }
+}
+
+/// `prepare`, or the exit code once the supervisor was told why not.
+fn prepare_or_report(channel: &WorkerEnd, spec: &Spec<'_>) -> Result<SignalFd, i32> {
+    prepare(channel, spec).map_err(|e| {
+        let _ = channel.send(&FromWorker::Failed(format!("worker setup failed: {e}")));
+        EXIT_SETUP_FAILED
+    })
 }
 
 /// After `prepare`: loads the plugin and runs it.
