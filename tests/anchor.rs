@@ -765,17 +765,29 @@ fn kill_during_a_reload(row: Row) {
             "a new supervisor serves"
         ),
     }
+    // A worker of the generation that lost outlives its killed supervisor
+    // until it notices (re-parented to the survivor, as a child subreaper):
+    // the survivor's children are its workers once those are gone.
+    let only_the_survivor_runs = || {
+        let foreign: Vec<u32> = faulty_events(&events)
+            .into_iter()
+            .filter(|e| e.what == "start" && e.generation != survivor && alive(e.pid))
+            .map(|e| e.pid)
+            .collect();
+        match foreign.is_empty() {
+            true => check_only_the_serving_generation_runs(&host, anchor, sup),
+            false => Err(format!("workers {foreign:?} of another generation live")),
+        }
+    };
     eventually_ok(
         "the host's processes to be the anchor and the serving generation",
         MATRIX_SHUTDOWN_TIMEOUT + SOON,
-        || check_only_the_serving_generation_runs(&host, anchor, sup),
+        only_the_survivor_runs,
     );
     let settled = Instant::now();
     holds_for("the outcome", STEADY, || {
         match check_a_generation_serves(&pid_file, anchor)? {
-            (pid, g) if (pid, g) == (sup, survivor) => {
-                check_only_the_serving_generation_runs(&host, anchor, sup)
-            }
+            (pid, g) if (pid, g) == (sup, survivor) => only_the_survivor_runs(),
             other => Err(format!("{other:?} serves")),
         }
     });
