@@ -31,6 +31,9 @@
 //!   the new generation's first reply byte, in which no connection got its
 //!   first reply byte; beside it the same over windows of equal length laid
 //!   in the baseline phase (the pause a client would feel anyway);
+//! - the share of the machine's CPU time left idle in the baseline phase:
+//!   near 0 % the clients and the old generation keep every CPU busy, and
+//!   a reload's processes get a CPU only by their fair share of it;
 //! - host: RSS and open descriptors of the supervisor in charge, of the
 //!   anchor and of the standby (the next generation, waiting) before the
 //!   first reload and after the last; ecdysis: those of its newest process.
@@ -445,6 +448,8 @@ struct Run {
     /// How long the clients ran.
     duration: Duration,
     baseline: (Instant, Instant),
+    /// The machine's CPU time left idle in the baseline phase, in percent.
+    baseline_idle: Option<f64>,
     signals: Vec<Instant>,
     before: Vec<(&'static str, (u64, usize))>,
     after: Vec<(&'static str, (u64, usize))>,
@@ -456,8 +461,10 @@ fn run(server: &mut dyn Server, o: &Options) -> Run {
     load.wait_for(1);
     std::thread::sleep(WARM_UP);
     let baseline_start = Instant::now();
+    let ticks_before = cpu_ticks();
     std::thread::sleep(BASELINE);
     let baseline = (baseline_start, Instant::now());
+    let baseline_idle = idle_percent(ticks_before, cpu_ticks());
     let measure = |generation| {
         server
             .processes(&load, generation)
@@ -494,10 +501,33 @@ fn run(server: &mut dyn Server, o: &Options) -> Run {
         samples,
         duration,
         baseline,
+        baseline_idle,
         signals,
         before,
         after,
     }
+}
+
+/// The machine's idle and total CPU time so far, in clock ticks (the
+/// `cpu` line of `/proc/stat`; idle counts `iowait` too).
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let times: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    let idle = times.get(3)? + times.get(4)?;
+    Some((idle, times.iter().sum()))
+}
+
+/// The idle share, in percent, between two [`cpu_ticks`] readings.
+fn idle_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((idle0, total0), (idle1, total1)) = (before?, after?);
+    let total = total1.checked_sub(total0).filter(|&t| t > 0)?;
+    Some(100.0 * idle1.saturating_sub(idle0) as f64 / total as f64)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -557,6 +587,7 @@ struct Figures {
     takeover: (Duration, Duration, Duration),
     gap: (Duration, Duration, Duration),
     gap_baseline: (Duration, Duration, Duration),
+    baseline_idle: Option<f64>,
     before: Vec<(&'static str, (u64, usize))>,
     after: Vec<(&'static str, (u64, usize))>,
 }
@@ -566,6 +597,7 @@ fn figures(run: Run) -> Figures {
         samples,
         duration,
         baseline,
+        baseline_idle,
         signals,
         before,
         after,
@@ -643,6 +675,7 @@ fn figures(run: Run) -> Figures {
         takeover: spread(takeovers, 95.0),
         gap: spread(gaps, 95.0),
         gap_baseline: spread(baseline_gaps, 95.0),
+        baseline_idle,
         before,
         after,
     }
@@ -894,6 +927,15 @@ fn report(o: &Options, h: &Figures, p: Option<&Figures>) {
         " ms",
         3,
     );
+    if let Some(idle) = h.baseline_idle {
+        row(
+            "CPU idle, no-reload phase (whole machine)",
+            idle,
+            p.and_then(|p| p.baseline_idle),
+            " %",
+            1,
+        );
+    }
     // The peer's one process stands against each host process.
     let peer_rss = |f: &Vec<(&'static str, (u64, usize))>| f.first().map(|(_, (rss, _))| *rss);
     let peer_fds = |f: &Vec<(&'static str, (u64, usize))>| f.first().map(|(_, (_, fds))| *fds);
@@ -1009,6 +1051,9 @@ fn report(o: &Options, h: &Figures, p: Option<&Figures>) {
         ms(h.gap_baseline.1),
         ms(h.gap_baseline.2),
     );
+    if let Some(idle) = h.baseline_idle {
+        summary += &format!(" host_base_idle_pct={idle:.1}");
+    }
     for (when, side) in [("before", &h.before), ("after", &h.after)] {
         for (name, (rss, fds)) in side {
             summary += &format!(" host_{name}_rss_kib_{when}={rss} host_{name}_fds_{when}={fds}");
