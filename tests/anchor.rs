@@ -765,9 +765,10 @@ fn kill_during_a_reload(row: Row) {
             "a new supervisor serves"
         ),
     }
-    // A worker of the generation that lost outlives its killed supervisor
-    // until it notices (re-parented to the survivor, as a child subreaper):
-    // the survivor's children are its workers once those are gone.
+    // A worker of a generation that lost outlives its killed supervisor
+    // until it notices, re-parented to the nearest child subreaper: the
+    // survivor's supervisor, or the anchor. The survivor's children are
+    // its workers once those are gone.
     let only_the_survivor_runs = || {
         let foreign: Vec<u32> = faulty_events(&events)
             .into_iter()
