@@ -17,7 +17,7 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -204,12 +204,22 @@ fn live_children(pid: u32) -> Vec<u32> {
     live
 }
 
-/// Checks that nothing listens on `addr` any more: a new listener binds
-/// that exact port.
+/// Checks that nothing listens on `addr` (an IPv4 address) any more: no
+/// socket in the LISTEN state has that port in `/proc/net/tcp`. (Binding
+/// it is no proof: a connection of a test running beside may have that
+/// port as its local one, and a bind then fails with the port free.)
 fn check_port_free(addr: SocketAddr) -> Result<(), String> {
-    TcpListener::bind(addr)
-        .map(drop)
-        .map_err(|e| format!("cannot bind {addr}: {e}"))
+    let table = std::fs::read_to_string("/proc/net/tcp").map_err(|e| e.to_string())?;
+    let port = format!(":{:04X}", addr.port());
+    // Columns: sl, local_address (hex address:port), rem_address, st (0A: LISTEN), ...
+    let listening = table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1).is_some_and(|local| local.ends_with(&port)) && fields.get(3) == Some(&"0A")
+    });
+    match listening {
+        false => Ok(()),
+        true => Err(format!("something still listens on port {}", addr.port())),
+    }
 }
 
 /// Checks that no process of `host` is left.
